@@ -1,0 +1,123 @@
+"""Settings: the one list of options, read from ``BRIDGE_*`` environment variables (or ``.env``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every ``BRIDGE_*`` variable of DESIGN section 4, with defaults and validation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    metrics_port: int = Field(9108, ge=0, le=65535)
+    admin_token: SecretStr | None = None
+
+    # --- IMKIT upstream
+    imkit_url: str | None = None
+    imkit_client_key: SecretStr | None = None
+    #: ``base64`` sends ``conf {encoding: base64}`` on connect; ``none`` skips ``conf``.
+    imkit_encoding: Literal["base64", "none"] = "base64"
+    imkit_auth_timeout: float = Field(10.0, gt=0)
+    imkit_connect_timeout: float = Field(10.0, gt=0)
+    imkit_request_timeout: float = Field(10.0, gt=0)
+    connect_rate: float = Field(100.0, gt=0, description="upstream connects per second, per process")
+    connect_burst: int = Field(100, ge=1)
+    backoff_base: float = Field(1.0, gt=0)
+    backoff_cap: float = Field(60.0, gt=0)
+    mute_refresh_interval: float = Field(300.0, gt=0)
+
+    # --- store
+    store: str = "sqlite:///./bridge.db"
+    secret_key: SecretStr | None = None
+
+    # --- app behaviour
+    foreground_ttl: int = Field(120, ge=1, le=86400)
+    max_devices_per_user: int = Field(20, ge=1)
+    rate_limit_per_minute: int = Field(120, ge=1)
+    system_messages: bool = False
+    push_content: Literal["full", "minimal"] = "full"
+    push_max_age: float = Field(3600.0, gt=0)
+    backfill_max_age: float = Field(6 * 3600.0, gt=0)
+    backfill_room_cap: int = Field(5, ge=1)
+    queue_size: int = Field(10000, ge=1)
+    push_concurrency: int = Field(100, ge=1)
+    push_timeout: float = Field(10.0, gt=0)
+    drain_timeout: float = Field(10.0, ge=0)
+    worker_id: str | None = None
+    lease_ttl: float = Field(15.0, gt=0)
+
+    # --- APNs
+    apns_key_file: str | None = None
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topic: str | None = None
+    apns_sandbox: bool = False
+    apns_cert_file: str | None = None
+    apns_host: str | None = None
+    apns_port: int | None = Field(None, ge=1, le=65535)
+    apns_ca_file: str | None = None
+
+    # --- FCM
+    fcm_credentials_file: str | None = None
+    fcm_url: str | None = None
+    fcm_ca_file: str | None = None
+
+    #: ``log`` writes notifications to the log when a provider has no credentials; ``none`` fails.
+    push_provider_fallback: Literal["log", "none"] = "log"
+
+    # --- logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, v: str) -> str:
+        if not (v.startswith("sqlite:///") or v.startswith("redis://") or v.startswith("rediss://")):
+            raise ValueError("must be sqlite:///path.db or redis://host:port/db")
+        return v
+
+    @field_validator("imkit_url", "fcm_url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        if self.backoff_cap < self.backoff_base:
+            raise ValueError("BRIDGE_BACKOFF_CAP must be >= BRIDGE_BACKOFF_BASE")
+        apns_token_fields = [self.apns_key_file, self.apns_key_id, self.apns_team_id]
+        if any(apns_token_fields) and not all(apns_token_fields):
+            raise ValueError(
+                "APNs token auth needs BRIDGE_APNS_KEY_FILE, BRIDGE_APNS_KEY_ID and BRIDGE_APNS_TEAM_ID together"
+            )
+        if (any(apns_token_fields) or self.apns_cert_file) and not self.apns_topic:
+            raise ValueError("BRIDGE_APNS_TOPIC (the app bundle id) is required with APNs credentials")
+        return self
+
+    @property
+    def store_is_redis(self) -> bool:
+        return self.store.startswith("redis")
+
+    @property
+    def sqlite_path(self) -> str:
+        """The SQLite file path of a ``sqlite:///`` store URL."""
+        return self.store.removeprefix("sqlite:///")
+
+    @property
+    def apns_configured(self) -> bool:
+        return bool(self.apns_cert_file or self.apns_key_file)
+
+    @property
+    def fcm_configured(self) -> bool:
+        return bool(self.fcm_credentials_file)

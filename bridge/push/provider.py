@@ -1,0 +1,64 @@
+"""The provider interface, and the four kinds of result a send can have."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from bridge.models import Notification
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The provider accepted the notification."""
+
+    provider_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again later; ``not_before`` is an epoch time (from ``Retry-After``) or None."""
+
+    reason: str
+    not_before: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInvalid:
+    """The token is dead (unregistered, expired, wrong topic...): disable the registration."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A permanent failure for this notification; the token may still be good."""
+
+    reason: str
+
+
+SendResult = Delivered | Retry | TokenInvalid | Failed
+
+
+def outcome_of(result: SendResult) -> str:
+    """The ``outcome`` label of ``bridge_pushes_total`` for a result."""
+    if isinstance(result, Delivered):
+        return "delivered"
+    if isinstance(result, Retry):
+        return "retry"
+    if isinstance(result, TokenInvalid):
+        return "token_invalid"
+    return "failed"
+
+
+class Provider(Protocol):
+    """A push provider (APNs, FCM, log). ``send`` sends once: retries belong to the dispatcher.
+
+    ``send`` never raises for provider answers or network trouble; it maps them to a result.
+    """
+
+    name: str
+
+    async def send(self, notification: Notification) -> SendResult: ...
+
+    async def close(self) -> None: ...

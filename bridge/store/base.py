@@ -1,0 +1,75 @@
+"""The device store interface, shared by the SQLite (embedded) and Redis (several nodes) stores."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from bridge.models import AppState, Device
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be read or written right now (disk full, read-only, Redis down)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change feed: a device was created/updated, or removed."""
+
+    kind: Literal["upsert", "delete"]
+    device_id: str
+    #: Opaque feed position (a Redis stream id, or a counter for SQLite).
+    position: str = ""
+
+
+class Store(Protocol):
+    """Devices by id, with an index by client id and a change feed.
+
+    Tokens (``Device.client_token`` and each ``Registration.token``) are encrypted at rest by
+    the implementation and returned decrypted. Every write publishes a :class:`Change`.
+    """
+
+    async def open(self) -> None:
+        """Connect, migrate the schema; raises :class:`StoreUnavailable`."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store is reachable and writable."""
+
+    async def get_device(self, device_id: str) -> Device | None: ...
+
+    async def put_device(self, device: Device) -> None:
+        """Insert or replace a device (whole record) and publish an ``upsert``."""
+
+    async def delete_device(self, device_id: str) -> bool:
+        """Remove a device; True if it existed. Publishes a ``delete``."""
+
+    async def set_app_state(
+        self, device_id: str, state: AppState, foreground_until: float | None
+    ) -> bool:
+        """Record foreground/background; True if the device exists. Publishes an ``upsert``."""
+
+    async def disable_registration(self, device_id: str, push_type: str, reason: str) -> bool:
+        """Mark one push token invalid (a provider said so). Publishes an ``upsert``."""
+
+    async def set_checkpoint(self, device_id: str, message_id: str, version_ms: int) -> None:
+        """Remember the last message handed to a provider. Publishes nothing."""
+
+    async def count_client_devices(self, client_id: str) -> int: ...
+
+    async def list_devices(
+        self,
+        *,
+        client_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[Device], str | None]:
+        """A page of devices ordered by id, and the cursor of the next page (None at the end)."""
+
+    async def all_device_ids(self) -> list[str]: ...
+
+    def changes(self, since: str | None = None) -> AsyncIterator[Change]:
+        """Follow the change feed from ``since`` (None: from now) until the store closes."""
+        ...
