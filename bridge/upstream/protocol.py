@@ -41,7 +41,10 @@ def decode_payload(raw: Any, *, allow_bare_string: bool = False) -> Any:
     ``allow_bare_string`` is for ``myPrefDelete``, whose payload is base64 of a bare key.
     """
     if isinstance(raw, bytes):
-        raw = raw.decode("ascii", errors="strict")
+        try:
+            raw = raw.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise DecodeError("binary payload is not base64 text") from exc
     if not isinstance(raw, str):
         return raw
     try:
@@ -53,6 +56,8 @@ def decode_payload(raw: Any, *, allow_bare_string: bool = False) -> Any:
         raise DecodeError("payload is a string but not base64 of UTF-8") from exc
     try:
         return json.loads(text)
+    except RecursionError as exc:
+        raise DecodeError("payload nests too deeply") from exc
     except ValueError as exc:
         if allow_bare_string:
             return text
@@ -308,4 +313,6 @@ def parse_event(name: str, raw: Any) -> Any:
             return RoomEvent.parse(obj)
     except ValidationError as exc:
         raise DecodeError(f"{name}: {exc.error_count()} invalid field(s)") from exc
+    except RecursionError as exc:
+        raise DecodeError(f"{name}: payload nests too deeply") from exc
     return obj

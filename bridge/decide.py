@@ -1,0 +1,112 @@
+"""Should this event reach this device now? Pure functions, no I/O.
+
+The order of the checks is the order of the reasons a user would ask about: an event that is never
+pushed, a device without a working token, the user's own message, a message already alerted, a
+message type that is off, notifications switched off, a muted room, and finally the app being in
+the foreground. The caller records every chat message id it decided on (whatever the outcome), so
+an edit or recall of it never alerts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.models import AppState, Decision, Reason
+from bridge.upstream.protocol import Invitation, Message
+
+#: Member-change and other bookkeeping message types: pushed only with BRIDGE_SYSTEM_MESSAGES=true.
+SYSTEM_MESSAGE_TYPES: frozenset[str] = frozenset(
+    {
+        "joinRoom",
+        "leaveRoom",
+        "addMember",
+        "addMembers",
+        "deleteMember",
+        "deleteMembers",
+        "cancelInvitations",
+    }
+)
+
+#: Message types that never alert: a recall replaces a message, AI chunks precede the final one.
+SILENT_MESSAGE_TYPES: frozenset[str] = frozenset({"recall", "ai_streaming", "typing"})
+
+PUSHED_EVENTS: frozenset[str] = frozenset({"chat message", "invitation"})
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    """What the session knows about its user when an event arrives."""
+
+    client_id: str
+    muted_rooms: frozenset[str] = frozenset()
+    notifications_enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """What the decision needs to know about the device."""
+
+    state: AppState
+    has_active_token: bool = True
+
+
+def dedupe_key(event_name: str, payload: Any) -> str | None:
+    """The identity of a pushable event: the message ``_id``, or the invited room for invitations."""
+    if event_name == "chat message" and isinstance(payload, Message):
+        return f"m:{payload.id}"
+    if event_name == "invitation" and isinstance(payload, Invitation):
+        return f"i:{payload.room.id}"
+    return None
+
+
+def decide(
+    event_name: str,
+    payload: Any,
+    *,
+    user: UserView,
+    device: DeviceView,
+    seen: Container[str],
+    system_messages: bool = False,
+) -> Decision:
+    """Push or suppress one upstream event for one device, with the reason."""
+    if event_name not in PUSHED_EVENTS or not isinstance(payload, Message | Invitation):
+        return Decision(False, Reason.EVENT_NOT_PUSHED)
+    if not device.has_active_token:
+        return Decision(False, Reason.TOKEN_INVALID)
+
+    if isinstance(payload, Message):
+        room_id = payload.room
+        if payload.sender_id is not None and payload.sender_id == user.client_id:
+            return Decision(False, Reason.OWN_MESSAGE)
+        # An edit re-sends a known _id; one never seen is still an edit of a message delivered before.
+        if dedupe_key(event_name, payload) in seen or payload.editedAt:
+            return Decision(False, Reason.DUPLICATE)
+        if payload.messageType in SILENT_MESSAGE_TYPES:
+            return Decision(False, Reason.MESSAGE_TYPE_OFF)
+        if payload.messageType in SYSTEM_MESSAGE_TYPES and not system_messages:
+            return Decision(False, Reason.MESSAGE_TYPE_OFF)
+    else:
+        room_id = payload.room.id
+        if payload.inviter is not None and payload.inviter.id == user.client_id:
+            return Decision(False, Reason.OWN_MESSAGE)
+        if dedupe_key(event_name, payload) in seen:
+            return Decision(False, Reason.DUPLICATE)
+
+    if not user.notifications_enabled:
+        return Decision(False, Reason.NOTIFICATIONS_DISABLED)
+    if room_id in user.muted_rooms:
+        return Decision(False, Reason.MUTED)
+    if device.state is AppState.FOREGROUND:
+        return Decision(False, Reason.FOREGROUND)
+    return Decision(True, Reason.PUSHED)
+
+
+def apply_mute(muted_rooms: frozenset[str], room_id: str, muted: bool | None) -> frozenset[str]:
+    """The muted-room set after a ``room``/``roomPref`` update; ``None`` (unknown) changes nothing."""
+    if muted is None:
+        return muted_rooms
+    if muted:
+        return muted_rooms | {room_id}
+    return muted_rooms - {room_id}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then lint, type-check and run the whole test suite.
+# Used by newcomers (README) and by CI (.ci/run) alike.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The Redis store tests start their own redis-server; install it from Debian's packages if missing.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing redis-server"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server) and run again" >&2
+    exit 1
+  fi
+fi
+
+echo "== python environment"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+
+echo "== ruff"
+.venv/bin/ruff check bridge tests bench
+echo "== mypy --strict bridge"
+.venv/bin/mypy --strict bridge
+
+if [ -f .ci/helm.sh ]; then
+  echo "== helm chart"
+  bash .ci/helm.sh
+fi
+
+echo "== pytest"
+.venv/bin/pytest -q "$@"
