@@ -1,0 +1,597 @@
+"""Event + device → APNs / FCM request in IMKIT's push payload format. Pure functions, no I/O.
+
+The fields (see /work/shared/imkit-protocol.md, "Push payload format")
+-----------------------------------------------------------------------
+Every alerting push carries one *data block*, all strings:
+
+- ``title``, ``body``: plain fallback text in the device's language (:mod:`bridge._texts`).
+- ``badge``: the badge count (omitted when unknown).
+- ``loc-key``: ``im_loc_<messageType>``. Known types keep IMKIT's spelling with ``-`` turned into
+  ``_`` (``im_loc_joinRoom``, ``im_loc_payment_select``); unknown ones are lower-cased and reduced
+  to ``[a-z0-9_]`` (at most 48 characters, ``im_loc_unknown`` if nothing is left). Invitations use
+  ``im_loc_invitation``, backfill summaries ``im_loc_summary``, test pushes ``im_loc_test``.
+- ``loc-args``: a compact JSON array of strings. Text-like types (:data:`TEXT_TYPES`) get
+  ``[sender, text]``, every other type ``[sender]``; invitations ``[inviter, room name]`` (a
+  localised "a chat" when the room has no name); summaries ``[count]``; test ``[]``.
+  The sender is the nickname; a null sender (platform message) is the room name when known, else
+  a localised "System"; a sender without a nickname is a localised "Someone".
+- ``type``: ``message:<roomId>`` (also for summaries, so a tap opens the room),
+  ``invitation:<roomId>``, ``test``.
+- ``payload``: the Message (or Invitation) as compact JSON: the fields IMKIT sent, by their IMKIT
+  names, as the tolerant model normalised them (``room`` is the room id, ``extra`` an object),
+  plus every unknown field as is. ``payloadTrimmed: "1"`` is added whenever ``payload`` is not
+  the whole object (see size limits).
+
+Title: the room name when the caller passes one (it does so for group rooms), else the sender.
+Body: text-like types show the text (``"<sender>: <text>"`` under a room title); other types, and
+text-like ones without text, a localised sentence (``"Alice sent a photo"``); unknown types
+``"Alice sent a message"``. Encrypted messages never show their content.
+
+APNs (``ios``, ``ios-voip``)
+---------------------------
+``payload = {"aps": {...}, **data}``: the top-level custom keys are *exactly* the FCM data block
+(all strings), so one parser serves both platforms. ``aps`` is ``{"alert": {title, body, loc-key,
+loc-args (array)}, "badge", "sound": "default", "thread-id": roomId, "mutable-content": 1}``.
+``ios`` → push type ``alert``, priority 10. ``ios-voip`` → push type ``voip``, priority 10, same
+payload without ``sound``/``mutable-content`` (PushKit hands the whole dictionary to the app), and
+``topic`` gets the ``.voip`` suffix when the target names one. ``collapse_id`` is the message id
+(an edit replaces the notification), ``invitation:<roomId>`` or ``summary:<roomId>``; any id over
+64 bytes is replaced by its SHA-256 hex prefix. ``expiration = int(now) + ttl`` (0 when ttl ≤ 0).
+``thread_id`` is the room id.
+
+FCM (``fcm``, ``android``, ``web``)
+-----------------------------------
+``data`` as above; ``notification = {title, body}``; for ``fcm``/``android``,
+``android = {"collapse_key": roomId, "priority": "high", "ttl": <int seconds>, "notification":
+{title, body, body_loc_key, body_loc_args (list), tag: roomId}}``. For ``web`` the Android block is
+absent and ``webpush = {"headers": {"TTL": "<seconds>", "Urgency": "high"}, "notification":
+{title, body, tag: roomId}}`` instead (browsers have no string resources for loc keys).
+
+Silent badge updates (:func:`compose_badge`): APNs push type ``background``, priority 5,
+``{"aps": {"badge": n, "content-available": 1}, "type": "badge", "badge": "n"}``; FCM data-only
+``{"badge": "n", "type": "badge"}`` with Android priority ``normal`` and collapse key ``badge``
+(web: ``Urgency: normal``). An ``ios-voip`` target gets push type ``voip`` (a PushKit token takes
+nothing else); callers should not send it badge, summary or test pushes, since iOS 13+ expects
+every VoIP push to report a call.
+
+Minimal content (``BRIDGE_PUSH_CONTENT=minimal``)
+------------------------------------------------
+No message text, no room name, no ``payload``: title and body are generic ("New message" / "You
+have a new message", "New invitation" / ...). ``loc-key`` is unchanged and ``loc-args`` keeps its
+arity so apps' format strings (``%1$@: %2$@``) never miss an argument: the text slot holds the
+generic body, the room slot the localised "a chat"; the sender nickname stays. ``type`` still names
+the room.
+
+Size limits
+-----------
+APNs: the payload as aioapns sends it (``json.dumps(payload, ensure_ascii=False)``, UTF-8; this is
+never smaller than the compact form) ≤ 4096 bytes, 5120 for ``voip``. FCM: the UTF-8 bytes of all
+``data`` keys and values ≤ 4096. Sender and room names are always capped at :data:`NAME_MAX`
+characters ("…" appended). When a push still does not fit, in this order:
+
+1. ``payload`` becomes a reduced object (``_id``, ``room``, ``messageType``, ``sender`` {``_id``,
+   ``nickname``}, the timestamps, and the longest prefix of a string ``message`` that fits), still
+   valid JSON, with ``payloadTrimmed: "1"``; invitations reduce to ``{room: {_id}, inviter:
+   {_id}}``. If even that does not fit, ``payload`` is dropped (``payloadTrimmed`` stays).
+2. The text, then the room name, then the sender name are cut to the longest prefix that fits,
+   with an ellipsis "…" appended. Cuts are between code points, so UTF-8 stays valid; lone
+   surrogates from upstream JSON are replaced by ``?`` beforehand.
+3. If ids alone (a pathological room id) still overflow, :class:`ComposeError` is raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from bridge import _texts
+from bridge.models import ApnsRequest, FcmRequest
+from bridge.upstream.protocol import Invitation, Message
+
+APNS_LIMIT = 4096
+APNS_VOIP_LIMIT = 5120
+FCM_DATA_LIMIT = 4096
+
+#: Message types whose text is shown (``loc-args`` ``[sender, text]``).
+TEXT_TYPES: frozenset[str] = frozenset(
+    {"text", "url", "announcement", "mixed", "line", "ai_streaming"}
+)
+#: Message types IMKIT documents; their loc-key keeps IMKIT's spelling.
+KNOWN_TYPES: frozenset[str] = TEXT_TYPES | _texts.DESCRIBED_TYPES | {"template", "flex"}
+
+ELLIPSIS = "…"
+#: Sender and room names longer than this (in characters) are cut with "…" up front: screens
+#: show far less, and it keeps a huge name from crowding out the text.
+NAME_MAX = 64
+_APNS_ID_NAMESPACE = uuid.UUID("6f1c2b0e-8a51-4d8e-9a57-3f0a1c6e2b11")
+_LOC_KEY_MAX = 48
+_ID_MAX_BYTES = 64
+
+Request = ApnsRequest | FcmRequest
+
+
+class ComposeError(ValueError):
+    """The push cannot fit its size limit even with every text field emptied (ids too long)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a push goes and how it should read: one registration of one device."""
+
+    push_type: str  # "ios" | "ios-voip" | "fcm" | "android" | "web"
+    locale: str | None = None  # BCP-47-ish: "zh-TW", "zh_Hant", "zh-CN", "ja", "ko-KR", "en-US"...
+    badge: int | None = None
+    topic: str | None = None  # APNs bundle id (None: the provider's configured topic)
+    content: Literal["full", "minimal"] = "full"
+    ttl: int = 3600  # seconds: APNs expiration = now + ttl; FCM android ttl
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def compose_message(
+    msg: Message, target: Target, *, now: float, room_name: str | None = None
+) -> Request:
+    """A ``chat message`` as a push for ``target``; ``room_name`` (group rooms) is the title."""
+    lang = _texts.resolve_locale(target.locale)
+    minimal = target.content == "minimal"
+    mtype = msg.messageType
+    text_like = mtype in TEXT_TYPES
+    room = _clean(room_name or "")
+    if msg.sender is None:
+        name = room or _texts.text(lang, "system")
+    else:
+        name = _clean(msg.sender.nickname or "") or _texts.text(lang, "someone")
+    text = _clean(msg.text) if text_like and not minimal else ""
+    room_id = _clean(msg.room)
+    loc_key = loc_key_for(mtype)
+
+    def render(v: _Vars) -> _Fields:
+        if minimal:
+            title = _texts.text(lang, "new_message_title")
+            body = _texts.text(lang, "new_message_body")
+            args = (v.name, body) if text_like else (v.name,)
+        else:
+            title = v.room or v.name
+            if text_like and v.text:
+                body = (
+                    _texts.text(lang, "with_sender", name=v.name, text=v.text) if v.room else v.text
+                )
+            else:
+                body = _texts.describe(lang, mtype, v.name)
+            args = (v.name, v.text) if text_like else (v.name,)
+        return _Fields(title, body, loc_key, args, f"message:{room_id}", room_id, _clean(msg.id), v)
+
+    message_text = msg.message if isinstance(msg.message, str) else None
+    return _fit(
+        target,
+        now,
+        render,
+        _Vars(text=text, room=room if not minimal else "", name=name),
+        with_payload=not minimal,
+        full_payload=None if minimal else _dump(msg),
+        reduced=None if minimal else (lambda n: _reduced_message(msg, n)),
+        reduced_max=len(message_text) if message_text is not None else 0,
+    )
+
+
+def compose_invitation(inv: Invitation, target: Target, *, now: float) -> Request:
+    """An ``invitation`` as a push: ``im_loc_invitation`` with ``[inviter, room name]``."""
+    lang = _texts.resolve_locale(target.locale)
+    minimal = target.content == "minimal"
+    room_id = _clean(inv.room.id)
+    if inv.inviter is None:
+        name = _texts.text(lang, "system")
+    else:
+        name = _clean(inv.inviter.nickname or "") or _texts.text(lang, "someone")
+    room = "" if minimal else _clean(inv.room.name or "")
+    a_chat = _texts.text(lang, "a_chat")
+
+    def render(v: _Vars) -> _Fields:
+        if minimal:
+            title = _texts.text(lang, "new_invitation_title")
+            body = _texts.text(lang, "new_invitation_body")
+        else:
+            title = v.room or v.name
+            body = _texts.text(lang, "invitation", name=v.name, room=v.room or a_chat)
+        args = (v.name, v.room or a_chat)
+        return _Fields(
+            title,
+            body,
+            "im_loc_invitation",
+            args,
+            f"invitation:{room_id}",
+            room_id,
+            f"invitation:{room_id}",
+            v,
+        )
+
+    return _fit(
+        target,
+        now,
+        render,
+        _Vars(room=room, name=name),
+        with_payload=not minimal,
+        full_payload=None if minimal else _dump(inv),
+        reduced=None if minimal else (lambda _n: _reduced_invitation(inv)),
+        reduced_max=0,
+    )
+
+
+def compose_badge(target: Target, badge: int, *, now: float) -> Request:
+    """A silent badge update: no alert, no sound (APNs ``background``, FCM data-only)."""
+    data = {"badge": str(badge), "type": "badge"}
+    ttl = max(target.ttl, 0)
+    if _is_apns(target):
+        voip = target.push_type == "ios-voip"
+        return ApnsRequest(
+            payload={"aps": {"badge": badge, "content-available": 1}, **data},
+            push_type="voip" if voip else "background",
+            priority=10 if voip else 5,
+            topic=_topic(target),
+            expiration=_expiration(now, ttl),
+        )
+    if target.push_type == "web":
+        return FcmRequest(data=data, webpush={"headers": {"TTL": str(ttl), "Urgency": "normal"}})
+    return FcmRequest(
+        data=data, android={"collapse_key": "badge", "priority": "normal", "ttl": ttl}
+    )
+
+
+def compose_summary(
+    room_id: str, count: int, target: Target, *, now: float, room_name: str | None = None
+) -> Request:
+    """One "N new messages" push for a room (backfill): ``im_loc_summary`` with ``[count]``."""
+    lang = _texts.resolve_locale(target.locale)
+    minimal = target.content == "minimal"
+    rid = _clean(room_id)
+    body = _texts.summary(lang, count)
+    generic = _texts.text(lang, "summary_title")
+
+    def render(v: _Vars) -> _Fields:
+        return _Fields(
+            v.room or generic,
+            body,
+            "im_loc_summary",
+            (str(count),),
+            f"message:{rid}",
+            rid,
+            f"summary:{rid}",
+            v,
+        )
+
+    room = "" if minimal else _clean(room_name or "")
+    return _fit(target, now, render, _Vars(room=room))
+
+
+def compose_test(target: Target, *, now: float) -> Request:
+    """A test notification (``im_loc_test``), for ``POST /me/devices/{id}/test-push``."""
+    lang = _texts.resolve_locale(target.locale)
+    title = _texts.text(lang, "test_title")
+    body = _texts.text(lang, "test_body")
+
+    def render(v: _Vars) -> _Fields:
+        return _Fields(title, body, "im_loc_test", (), "test", None, None, v)
+
+    return _fit(target, now, render, _Vars())
+
+
+def push_id(device_id: str, kind: str, ident: str) -> str:
+    """A stable id per (device, kind, message/room id): 32 hex chars of SHA-256."""
+    raw = "\x00".join((device_id, kind, ident)).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def apns_id(push_id: str) -> str:
+    """A deterministic UUID (v5) for the ``apns-id`` header, so a retry reuses the same id."""
+    return str(uuid.uuid5(_APNS_ID_NAMESPACE, push_id))
+
+
+def loc_key_for(message_type: str) -> str:
+    """``im_loc_<type>``: IMKIT's spelling for known types, ``[a-z0-9_]`` for any other."""
+    if message_type in KNOWN_TYPES:
+        return "im_loc_" + message_type.replace("-", "_")
+    key = re.sub(r"[^a-z0-9_]+", "_", message_type.lower()).strip("_")[:_LOC_KEY_MAX]
+    return "im_loc_" + (key or "unknown")
+
+
+def fits(req: Request) -> bool:
+    """Whether a composed request is within its provider's size limit (see module docstring)."""
+    if isinstance(req, ApnsRequest):
+        limit = APNS_VOIP_LIMIT if req.push_type == "voip" else APNS_LIMIT
+        return _apns_size(req.payload) <= limit
+    return _fcm_size(req.data) <= FCM_DATA_LIMIT
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+@dataclass(frozen=True, slots=True)
+class _Vars:
+    """The parts that may be cut to fit; everything else in a push is fixed."""
+
+    text: str = ""
+    room: str = ""
+    name: str = ""
+    payload: str | None = None
+    payload_trimmed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    title: str
+    body: str
+    loc_key: str
+    loc_args: tuple[str, ...]
+    type: str
+    room_id: str | None
+    collapse: str | None
+    vars: _Vars
+
+
+def _data(f: _Fields, badge: int | None) -> dict[str, str]:
+    data = {"title": f.title, "body": f.body}
+    if badge is not None:
+        data["badge"] = str(badge)
+    data["loc-key"] = f.loc_key
+    data["loc-args"] = _json(list(f.loc_args))
+    data["type"] = f.type
+    if f.vars.payload is not None:
+        data["payload"] = f.vars.payload
+    if f.vars.payload_trimmed:
+        data["payloadTrimmed"] = "1"
+    return data
+
+
+def _request(f: _Fields, target: Target, now: float) -> Request:
+    data = _data(f, target.badge)
+    ttl = max(target.ttl, 0)
+    if _is_apns(target):
+        voip = target.push_type == "ios-voip"
+        alert = {
+            "title": f.title,
+            "body": f.body,
+            "loc-key": f.loc_key,
+            "loc-args": list(f.loc_args),
+        }
+        aps: dict[str, Any] = {"alert": alert}
+        if target.badge is not None:
+            aps["badge"] = target.badge
+        if not voip:
+            aps["sound"] = "default"
+        if f.room_id is not None:
+            aps["thread-id"] = f.room_id
+        if not voip:
+            aps["mutable-content"] = 1
+        return ApnsRequest(
+            payload={"aps": aps, **data},
+            push_type="voip" if voip else "alert",
+            priority=10,
+            topic=_topic(target),
+            collapse_id=_short_id(f.collapse) if f.collapse is not None else None,
+            expiration=_expiration(now, ttl),
+            thread_id=f.room_id,
+        )
+    notification = {"title": f.title, "body": f.body}
+    if target.push_type == "web":
+        web_note: dict[str, Any] = dict(notification)
+        if f.room_id is not None:
+            web_note["tag"] = f.room_id
+        webpush = {"headers": {"TTL": str(ttl), "Urgency": "high"}, "notification": web_note}
+        return FcmRequest(data=data, notification=notification, webpush=webpush)
+    a_note: dict[str, Any] = {
+        **notification,
+        "body_loc_key": f.loc_key,
+        "body_loc_args": list(f.loc_args),
+    }
+    android: dict[str, Any] = {"priority": "high", "ttl": ttl, "notification": a_note}
+    if f.room_id is not None:
+        android = {"collapse_key": f.room_id, **android}
+        a_note["tag"] = f.room_id
+    return FcmRequest(data=data, android=android, notification=notification)
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting
+
+
+def _fit(
+    target: Target,
+    now: float,
+    render: Callable[[_Vars], _Fields],
+    start: _Vars,
+    *,
+    with_payload: bool = False,
+    full_payload: str | None = None,
+    reduced: Callable[[int], str | None] | None = None,
+    reduced_max: int = 0,
+) -> Request:
+    """Render, then cut parts in the documented order until the push fits its limit.
+
+    ``full_payload`` None with ``with_payload`` means the event could not be serialised whole.
+    """
+    limit = _limit(target)
+
+    def attempt(v: _Vars) -> Request | None:
+        req = _request(render(v), target, now)
+        return req if fits(req) else None
+
+    def cutting(base: _Vars, part: str, original: str) -> Callable[[int], Request | None]:
+        return lambda n: attempt(_with(base, part, _cut(original, n)))
+
+    # Text longer than the limit in characters can never fit: cap early so huge text costs nothing.
+    v = replace(
+        start,
+        text=_cap(start.text, limit),
+        room=_cap(start.room, NAME_MAX),
+        name=_cap(start.name, NAME_MAX),
+    )
+    originals = {"text": v.text, "room": v.room, "name": v.name}
+    if with_payload:
+        if full_payload is not None and len(full_payload) <= limit:
+            got = attempt(replace(v, payload=full_payload))
+            if got is not None:
+                return got
+        v = replace(v, payload_trimmed=True)
+        if reduced is not None:
+            best = _longest(
+                min(reduced_max, limit), lambda n: attempt(replace(v, payload=reduced(n)))
+            )
+            if best is not None:
+                return best
+    got = attempt(v)
+    if got is not None:
+        return got
+
+    for part in ("text", "room", "name"):
+        original = originals[part]
+        if not original:
+            continue
+        best = _longest(len(original) - 1, cutting(v, part, original))
+        if best is not None:
+            return best
+        v = _with(v, part, "")
+    got = attempt(v)
+    if got is None:
+        raise ComposeError("push does not fit its size limit even without text (room id too long?)")
+    return got
+
+
+def _with(v: _Vars, part: str, value: str) -> _Vars:
+    if part == "text":
+        return replace(v, text=value)
+    if part == "room":
+        return replace(v, room=value)
+    return replace(v, name=value)
+
+
+def _longest(n_max: int, attempt: Callable[[int], Request | None]) -> Request | None:
+    """The result for the largest ``n`` in ``[0, n_max]`` that fits (sizes grow with ``n``)."""
+    if n_max < 0:
+        return None
+    best = attempt(0)
+    if best is None:
+        return None
+    lo, hi = 0, n_max  # invariant: lo fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        got = attempt(mid)
+        if got is not None:
+            lo, best = mid, got
+        else:
+            hi = mid - 1
+    return best
+
+
+def _cut(s: str, n: int) -> str:
+    return s if n >= len(s) else s[:n] + ELLIPSIS
+
+
+def _cap(s: str, limit: int) -> str:
+    return s if len(s) <= limit else s[:limit] + ELLIPSIS
+
+
+def _limit(target: Target) -> int:
+    if target.push_type == "ios-voip":
+        return APNS_VOIP_LIMIT
+    return APNS_LIMIT if _is_apns(target) else FCM_DATA_LIMIT
+
+
+def _apns_size(payload: dict[str, Any]) -> int:
+    # aioapns sends json.dumps(message, ensure_ascii=False) with the default separators.
+    return len(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+
+
+def _fcm_size(data: dict[str, str]) -> int:
+    return sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in data.items())
+
+
+# --------------------------------------------------------------------------------------------
+# Payload JSON
+
+
+def _dump(model: Message | Invitation) -> str | None:
+    """The event as compact JSON (None if it cannot be serialised: the reduced form is used)."""
+    try:
+        return _json(_sanitize(model.model_dump(mode="json", by_alias=True, exclude_unset=True)))
+    except (ValueError, TypeError, RecursionError):
+        return None
+
+
+def _reduced_message(msg: Message, n: int) -> str | None:
+    obj: dict[str, Any] = {"_id": msg.id, "room": msg.room, "messageType": msg.messageType}
+    obj["sender"] = (
+        None if msg.sender is None else {"_id": msg.sender.id, "nickname": msg.sender.nickname}
+    )
+    for key in ("messageTimeMS", "createdAtMS", "updatedAtMS"):
+        value = getattr(msg, key)
+        if value is not None:
+            obj[key] = value
+    if isinstance(msg.message, str):
+        obj["message"] = msg.message[:n]
+    return _json(_sanitize(obj))
+
+
+def _reduced_invitation(inv: Invitation) -> str | None:
+    inviter = None if inv.inviter is None else {"_id": inv.inviter.id}
+    return _json(_sanitize({"room": {"_id": inv.room.id}, "inviter": inviter}))
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _sanitize(obj: Any) -> Any:
+    """JSON-safe copy: strings without lone surrogates, non-finite floats as null."""
+    if isinstance(obj, str):
+        return _clean(obj)
+    if isinstance(obj, bool) or obj is None or isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {_clean(str(k)): _sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_sanitize(v) for v in obj]
+    return _clean(str(obj))
+
+
+def _clean(s: str) -> str:
+    """Replace lone surrogates (legal in JSON escapes, illegal in UTF-8) with ``?``."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "replace").decode("utf-8")
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _is_apns(target: Target) -> bool:
+    return target.push_type in ("ios", "ios-voip")
+
+
+def _topic(target: Target) -> str | None:
+    if target.topic and target.push_type == "ios-voip" and not target.topic.endswith(".voip"):
+        return target.topic + ".voip"
+    return target.topic
+
+
+def _expiration(now: float, ttl: int) -> int:
+    return int(now) + ttl if ttl > 0 else 0
+
+
+def _short_id(ident: str) -> str:
+    if len(ident.encode("utf-8")) <= _ID_MAX_BYTES:
+        return ident
+    return hashlib.sha256(ident.encode("utf-8")).hexdigest()[:_ID_MAX_BYTES]

@@ -1,0 +1,183 @@
+"""bridge.compose under random Unicode: size limits always hold and everything stays valid UTF-8/JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.compose import (
+    APNS_LIMIT,
+    APNS_VOIP_LIMIT,
+    ELLIPSIS,
+    FCM_DATA_LIMIT,
+    NAME_MAX,
+    Target,
+    compose_invitation,
+    compose_message,
+    compose_summary,
+)
+from bridge.models import ApnsRequest, FcmRequest
+from bridge.upstream.protocol import Invitation, Message
+
+PROPS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Any code point, lone surrogates included (JSON escapes can carry them from upstream).
+CHARS = st.one_of(
+    st.characters(exclude_categories=()),
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"]),
+    st.sampled_from(['"', "\\", "\n", "\x00", "😀", "é", "訊", "\u200d"]),
+)
+#: Multi-character pieces that break naive code: grapheme clusters, format fields.
+PIECES = st.sampled_from(["👩\u200d👩\u200d👧", "{name}", "%1$@", "🇹🇼", "e\u0301"])
+
+
+@st.composite
+def texts(draw: st.DrawFn, max_repeat: int = 400) -> str:
+    """Short random text, sometimes repeated into a huge one (cheap to generate)."""
+    base = "".join(draw(st.lists(st.one_of(CHARS, PIECES), max_size=24)))
+    return base * draw(st.one_of(st.just(1), st.integers(1, max_repeat)))
+
+
+JSON_LEAF = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), texts(max_repeat=50)
+)
+JSON = st.recursive(
+    JSON_LEAF,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(CHARS, max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+IDS = st.text(st.characters(exclude_categories=()), min_size=1, max_size=40)
+MESSAGE_TYPES = st.one_of(
+    st.sampled_from(
+        ["text", "image", "sticker", "url", "recall", "encrypted", "joinRoom", "mixed"]
+    ),
+    st.text(CHARS, max_size=30),
+)
+TARGETS = st.builds(
+    Target,
+    push_type=st.sampled_from(["ios", "ios-voip", "fcm", "android", "web"]),
+    locale=st.sampled_from([None, "en", "zh-TW", "zh-CN", "ja", "ko", "xx"]),
+    badge=st.one_of(st.none(), st.integers(0, 10**6)),
+    content=st.sampled_from(["full", "full", "minimal"]),
+)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> Message:
+    raw: dict[str, Any] = {
+        "_id": draw(IDS),
+        "room": draw(IDS),
+        "messageType": draw(MESSAGE_TYPES),
+        "message": draw(st.one_of(texts(), JSON)),
+        "sender": draw(
+            st.one_of(st.none(), st.builds(lambda i, n: {"_id": i, "nickname": n}, IDS, texts()))
+        ),
+    }
+    if draw(st.booleans()):
+        raw["extra"] = draw(st.dictionaries(st.text(CHARS, max_size=8), JSON, max_size=4))
+    if draw(st.booleans()):
+        raw["custom"] = draw(JSON)
+    return Message.model_validate(raw)
+
+
+def check(req: ApnsRequest | FcmRequest) -> dict[str, str]:
+    """The invariants of every composed push; returns its data block."""
+    if isinstance(req, ApnsRequest):
+        limit = APNS_VOIP_LIMIT if req.push_type == "voip" else APNS_LIMIT
+        wire = json.dumps(req.payload, ensure_ascii=False).encode("utf-8")  # strict: no surrogates
+        assert len(wire) <= limit
+        assert (
+            len(json.dumps(req.payload, ensure_ascii=False, separators=(",", ":")).encode())
+            <= limit
+        )
+        data = {k: v for k, v in req.payload.items() if k != "aps"}
+        if req.collapse_id is not None:
+            assert len(req.collapse_id.encode("utf-8")) <= 64
+    else:
+        data = req.data
+        assert (
+            sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in data.items())
+            <= FCM_DATA_LIMIT
+        )
+        json.dumps([req.android, req.notification, req.webpush], ensure_ascii=False).encode("utf-8")
+    assert all(isinstance(v, str) for v in data.values())
+    args = json.loads(data["loc-args"])
+    assert isinstance(args, list) and all(isinstance(a, str) for a in args)
+    if "payload" in data:
+
+        def reject(name: str) -> None:
+            raise AssertionError(f"non-standard JSON constant {name}")
+
+        json.loads(data["payload"], parse_constant=reject)
+    return data
+
+
+@PROPS
+@given(msg=messages(), target=TARGETS, room_name=st.one_of(st.none(), texts()))
+def test_message_always_fits(msg: Message, target: Target, room_name: str | None) -> None:
+    req = compose_message(msg, target, now=1_700_000_000.0, room_name=room_name)
+    data = check(req)
+    assert data["type"].startswith("message:")
+    if target.content == "minimal":
+        assert "payload" not in data
+    else:
+        assert ("payload" in data) or data.get("payloadTrimmed") == "1"
+    title = data["title"]
+    assert len(title) <= NAME_MAX + 1 or title.endswith(ELLIPSIS)
+
+
+@PROPS
+@given(
+    text=st.text(st.characters(exclude_categories=["Cs"]), max_size=60),
+    nickname=st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=30),
+    target=TARGETS,
+)
+def test_small_text_is_never_trimmed(text: str, nickname: str, target: Target) -> None:
+    """Whatever fits comfortably arrives whole: body is the text, payload the whole message."""
+    msg = Message.model_validate(
+        {"_id": "m1", "room": "r1", "message": text, "sender": {"_id": "u", "nickname": nickname}}
+    )
+    data = check(compose_message(msg, target, now=0.0))
+    assert "payloadTrimmed" not in data
+    if target.content == "full":
+        assert json.loads(data["loc-args"]) == [nickname, text]
+        assert json.loads(data["payload"])["message"] == text
+
+
+@PROPS
+@given(text=texts(max_repeat=400), target=TARGETS)
+def test_trimmed_body_is_a_prefix_plus_ellipsis(text: str, target: Target) -> None:
+    clean = text.encode("utf-8", "replace").decode("utf-8")
+    msg = Message.model_validate(
+        {"_id": "m1", "room": "r1", "message": text, "sender": {"_id": "u", "nickname": "A"}}
+    )
+    data = check(compose_message(msg, target, now=0.0))
+    if target.content == "minimal" or not clean:
+        return  # no text shown: covered by the table tests
+    body = data["body"]
+    assert body == clean or (body.endswith(ELLIPSIS) and clean.startswith(body[: -len(ELLIPSIS)]))
+
+
+@PROPS
+@given(
+    room_id=IDS,
+    room_name=st.one_of(st.none(), texts()),
+    inviter=st.one_of(st.none(), texts()),
+    extra=JSON,
+    target=TARGETS,
+)
+def test_invitation_and_summary_always_fit(
+    room_id: str, room_name: str | None, inviter: str | None, extra: Any, target: Target
+) -> None:
+    raw: dict[str, Any] = {"room": {"_id": room_id, "name": room_name}, "extra": extra}
+    if inviter is not None:
+        raw["inviter"] = {"_id": "u", "nickname": inviter}
+    data = check(compose_invitation(Invitation.model_validate(raw), target, now=0.0))
+    assert len(json.loads(data["loc-args"])) == 2
+    data = check(compose_summary(room_id, 3, target, now=0.0, room_name=room_name))
+    assert json.loads(data["loc-args"]) == ["3"]
