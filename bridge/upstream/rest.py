@@ -149,6 +149,22 @@ class ImkitRest:
             data = data[1:]
         return data[:limit]
 
+    async def recent_messages(
+        self, token: str, room_id: str, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """The ``limit`` most recently updated messages of a room, returned oldest first.
+
+        For rooms without a known anchor message: IMKIT is asked newest first (``sortOrder=desc``)
+        so ``limit`` keeps the newest, and the page is turned around here.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        path = f"/rooms/{quote(room_id, safe='')}/messages/v3"
+        params = {"sortOrder": "desc", "limit": limit}
+        _, data = _list_result(await self._get(path, token, params), "GET messages/v3")
+        # A server that ignores the limit must not hand us more than asked for.
+        return list(reversed(data[:limit]))
+
     async def invitations(self, token: str) -> list[dict[str, Any]]:
         """The user's pending room invitations (``GET /rooms/invitations``)."""
         _, data = _list_result(

@@ -232,3 +232,31 @@ async def test_injected_client_is_used_and_left_open(imkit_sim: ImkitSim) -> Non
         assert (await rest.me(imkit_sim.issue_token("alice"))).client_id == "alice"
         await rest.aclose()
         assert not http.is_closed
+
+
+async def test_recent_messages_newest_kept_oldest_first(
+    imkit_sim: ImkitSim, rest: ImkitRest
+) -> None:
+    imkit_sim.create_room("r 2/y", ["alice", "bob"])  # an id that needs quoting in the path
+    msgs = [await imkit_sim.send_message("r 2/y", "bob", f"m{i}") for i in range(5)]
+    token = imkit_sim.issue_token("alice")
+    got = await rest.recent_messages(token, "r 2/y", limit=3)
+    assert [m["_id"] for m in got] == [m["_id"] for m in msgs[2:]]
+    got = await rest.recent_messages(token, "r 2/y")
+    assert [m["_id"] for m in got] == [m["_id"] for m in msgs]
+    await imkit_sim.edit_message(msgs[0]["_id"], "m0 edited")  # an edit makes it the newest
+    got = await rest.recent_messages(token, "r 2/y", limit=2)
+    assert [m["_id"] for m in got] == [msgs[4]["_id"], msgs[0]["_id"]]
+    assert got[1]["message"] == "m0 edited"
+    imkit_sim.create_room("empty", ["alice"])
+    assert await rest.recent_messages(token, "empty") == []
+    with pytest.raises(ValueError):
+        await rest.recent_messages(token, "r 2/y", limit=0)
+    with pytest.raises(RequestRejected) as info:
+        await rest.recent_messages(token, "no-such-room")
+    assert info.value.status == 404
+    with pytest.raises(InvalidToken):
+        await rest.recent_messages(imkit_sim.issue_token("alice", ttl=-10), "r 2/y")
+    imkit_sim.fail_rest(503)
+    with pytest.raises(UpstreamUnavailable):
+        await rest.recent_messages(token, "r 2/y")
