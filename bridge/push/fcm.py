@@ -1,0 +1,592 @@
+"""FCM provider: firebase-admin's ``send_each_async``, micro-batched, with the OAuth refresh off the loop.
+
+firebase-admin is used for what it does well (message encoding, the v1 call, error parsing), and
+its HTTP client on *our* named app is configured here, because out of the box it:
+
+- refreshes the OAuth token synchronously inside the event loop (``before_request`` and on 401):
+  we refresh with ``asyncio.to_thread`` before the token gets stale and send with an httpx auth
+  that only applies the current token and never refreshes;
+- retries 500/503 with sleeps of its own while ignoring 429 and ``Retry-After``, and fails a
+  dropped HTTP/2 connection as ``UnknownError``: our client has no retries, and every temporary
+  failure comes back as :class:`Retry` (with ``Retry-After`` as ``not_before``) so the dispatcher's
+  one retry policy decides;
+- knows only Google's URL and the system CAs: ``BRIDGE_FCM_URL`` and ``BRIDGE_FCM_CA_FILE`` set the
+  messaging service's URL and our client's ``verify`` (never ``SSL_CERT_FILE``, which is global).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import functools
+import inspect
+import json
+import logging
+import math
+import re
+import ssl
+import time
+import uuid
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import firebase_admin
+import google.auth.exceptions
+import httpx
+import requests
+from firebase_admin import credentials, messaging
+from firebase_admin import exceptions as fb
+from google.auth.transport import requests as google_requests
+
+from bridge.config import Settings
+from bridge.models import FcmRequest, Notification
+from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
+
+logger = logging.getLogger(__name__)
+
+#: ``send_each_async`` takes at most this many messages per call.
+MAX_BATCH = 500
+#: Refresh the access token when it has less than this left; google-auth itself would refresh
+#: (synchronously, on the loop) under 3 min 45 s, so this must stay above that.
+REFRESH_MARGIN = 300.0
+#: Below this many seconds of validity a send waits for the refresh instead of racing it.
+MIN_VALIDITY = 30.0
+
+Kind = Literal["token_invalid", "retry", "failed"]
+
+#: firebase-admin error class -> result kind and reason; looked up along the exception's MRO, so
+#: ``UnregisteredError`` wins over its base ``NotFoundError``. ``InvalidArgumentError`` becomes
+#: ``token_invalid`` when it is about the token (see :func:`result_for_error`).
+ERROR_RESULTS: dict[type[Exception], tuple[Kind, str]] = {
+    messaging.UnregisteredError: ("token_invalid", "unregistered"),
+    messaging.SenderIdMismatchError: ("token_invalid", "sender_id_mismatch"),
+    messaging.QuotaExceededError: ("retry", "quota_exceeded"),
+    messaging.ThirdPartyAuthError: ("failed", "third_party_auth_error"),
+    fb.InvalidArgumentError: ("failed", "invalid_argument"),
+    fb.ResourceExhaustedError: ("retry", "resource_exhausted"),
+    fb.UnavailableError: ("retry", "unavailable"),
+    fb.InternalError: ("retry", "internal"),
+    fb.UnknownError: ("retry", "unknown"),
+    fb.DeadlineExceededError: ("retry", "timeout"),
+    fb.AbortedError: ("retry", "aborted"),
+    fb.UnauthenticatedError: ("retry", "unauthenticated"),
+    fb.PermissionDeniedError: ("failed", "permission_denied"),
+    fb.NotFoundError: ("failed", "not_found"),
+}
+
+
+def _retry_after(response: Any, now: float) -> float | None:
+    """Epoch time from a ``Retry-After`` header (seconds or HTTP date), or None."""
+    headers = getattr(response, "headers", None)
+    value = headers.get("retry-after") if headers is not None else None
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return now + int(value)
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _about_token(exc: fb.FirebaseError) -> bool:
+    """Whether an INVALID_ARGUMENT answer blames the registration token (not the payload)."""
+    if "registration token" in str(exc).lower():
+        return True
+    try:
+        body = exc.http_response.json() if exc.http_response is not None else {}
+    except ValueError:
+        return False
+    details = body.get("error", {}).get("details", []) if isinstance(body, dict) else []
+    return any(
+        v.get("field") == "message.token"
+        for d in details
+        if isinstance(d, dict)
+        for v in d.get("fieldViolations", [])
+        if isinstance(v, dict)
+    )
+
+
+def _clean(text: str, token: str) -> str:
+    """An error text fit for a result reason: the token cut out, at most 200 characters."""
+    if token:
+        text = text.replace(token, "<token>")
+    return text[:200]
+
+
+def result_for_error(exc: BaseException, token: str, now: float | None = None) -> SendResult:
+    """Map one firebase-admin error for one message to a result kind."""
+    if not isinstance(exc, fb.FirebaseError):
+        return Failed(_clean(f"{type(exc).__name__}: {exc}", token))
+    kind, reason = next(
+        (ERROR_RESULTS[c] for c in type(exc).__mro__ if c in ERROR_RESULTS),
+        ("failed", exc.code.lower()),
+    )
+    if isinstance(exc, fb.InvalidArgumentError) and _about_token(exc):
+        return TokenInvalid("invalid_token")
+    if kind == "token_invalid":
+        return TokenInvalid(reason)
+    if kind == "retry":
+        return Retry(reason, _retry_after(exc.http_response, time.time() if now is None else now))
+    return Failed(_clean(f"{reason}: {exc}", token))
+
+
+# ---------------------------------------------------------------------- message building
+
+
+@functools.cache
+def _params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls).parameters)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.replace("-", "_")).lower()
+
+
+def _fields(
+    src: Mapping[str, Any],
+    cls: type,
+    where: str,
+    renames: Mapping[str, str] | None = None,
+    rest: str | None = None,
+) -> dict[str, Any]:
+    """``src`` (FCM v1 JSON names, any of snake/camel/kebab case) as keyword arguments of ``cls``.
+
+    Unknown names go into the ``rest`` argument (``custom_data``) when ``cls`` has one, else fail.
+    """
+    params = _params(cls)
+    out: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in src.items():
+        name = _snake(key)
+        name = (renames or {}).get(name, name)
+        if name in params and name != rest:
+            out[name] = value
+        elif rest is not None:
+            extra[key] = value
+        else:
+            raise ValueError(f"unknown field {where}.{key}")
+    if extra:
+        out[rest or ""] = extra
+    return out
+
+
+def _seconds(value: Any) -> float:
+    """An FCM duration (``"3600s"`` or a number of seconds) in seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?s?", value.strip()):
+        return float(value.strip().rstrip("s"))
+    raise ValueError(f"not a duration: {value!r}")
+
+
+def _list(value: Any) -> Any:
+    # loc args travel as a JSON array in a string in ``data``; accept the same form here.
+    if isinstance(value, str) and value.startswith("["):
+        return json.loads(value)
+    return value
+
+
+def _android_notification(src: Mapping[str, Any]) -> messaging.AndroidNotification:
+    kw = _fields(
+        src,
+        messaging.AndroidNotification,
+        "android.notification",
+        {"notification_priority": "priority", "event_time": "event_timestamp"},
+    )
+    for name in ("priority", "visibility", "proxy"):
+        if isinstance(kw.get(name), str):
+            kw[name] = kw[name].lower().removeprefix("priority_")
+    for name in ("body_loc_args", "title_loc_args"):
+        if name in kw:
+            kw[name] = _list(kw[name])
+    if isinstance(kw.get("light_settings"), Mapping):
+        kw["light_settings"] = messaging.LightSettings(
+            **_fields(
+                kw["light_settings"], messaging.LightSettings, "android.notification.light_settings"
+            )
+        )
+    return messaging.AndroidNotification(**kw)
+
+
+def _android(src: Mapping[str, Any], moved: Mapping[str, Any]) -> messaging.AndroidConfig:
+    kw = _fields(src, messaging.AndroidConfig, "android")
+    if isinstance(kw.get("priority"), str):
+        kw["priority"] = kw["priority"].lower()
+    if "ttl" in kw:
+        kw["ttl"] = _seconds(kw["ttl"])
+    notification = {**moved, **(kw.get("notification") or {})}
+    if notification:
+        kw["notification"] = _android_notification(notification)
+    if isinstance(kw.get("fcm_options"), Mapping):
+        kw["fcm_options"] = messaging.AndroidFCMOptions(
+            **_fields(kw["fcm_options"], messaging.AndroidFCMOptions, "android.fcm_options")
+        )
+    return messaging.AndroidConfig(**kw)
+
+
+def _aps(src: Mapping[str, Any]) -> messaging.Aps:
+    kw = _fields(src, messaging.Aps, "apns.payload.aps", rest="custom_data")
+    alert = kw.get("alert")
+    if isinstance(alert, Mapping):
+        a = _fields(alert, messaging.ApsAlert, "apns.payload.aps.alert", rest="custom_data")
+        for name in ("loc_args", "title_loc_args"):
+            if name in a:
+                a[name] = _list(a[name])
+        kw["alert"] = messaging.ApsAlert(**a)
+    if isinstance(kw.get("sound"), Mapping):
+        kw["sound"] = messaging.CriticalSound(
+            **_fields(kw["sound"], messaging.CriticalSound, "apns.payload.aps.sound")
+        )
+    for name in ("content_available", "mutable_content"):
+        if name in kw:
+            kw[name] = bool(kw[name])
+    return messaging.Aps(**kw)
+
+
+def _apns(src: Mapping[str, Any]) -> messaging.APNSConfig:
+    kw = _fields(src, messaging.APNSConfig, "apns")
+    payload = kw.get("payload")
+    if isinstance(payload, Mapping):
+        custom = {k: v for k, v in payload.items() if k != "aps"}
+        kw["payload"] = messaging.APNSPayload(aps=_aps(payload.get("aps") or {}), **custom)
+    if isinstance(kw.get("fcm_options"), Mapping):
+        kw["fcm_options"] = messaging.APNSFCMOptions(
+            **_fields(kw["fcm_options"], messaging.APNSFCMOptions, "apns.fcm_options")
+        )
+    return messaging.APNSConfig(**kw)
+
+
+def _webpush(src: Mapping[str, Any]) -> messaging.WebpushConfig:
+    kw = _fields(src, messaging.WebpushConfig, "webpush")
+    note = kw.get("notification")
+    if isinstance(note, Mapping):
+        n = _fields(
+            note,
+            messaging.WebpushNotification,
+            "webpush.notification",
+            {"dir": "direction", "lang": "language", "timestamp": "timestamp_millis"},
+            rest="custom_data",
+        )
+        if "actions" in n:
+            n["actions"] = [messaging.WebpushNotificationAction(**a) for a in n["actions"]]
+        kw["notification"] = messaging.WebpushNotification(**n)
+    if isinstance(kw.get("fcm_options"), Mapping):
+        kw["fcm_options"] = messaging.WebpushFCMOptions(
+            **_fields(kw["fcm_options"], messaging.WebpushFCMOptions, "webpush.fcm_options")
+        )
+    return messaging.WebpushConfig(**kw)
+
+
+def build_message(token: str, req: FcmRequest) -> messaging.Message:
+    """An :class:`FcmRequest` (FCM v1 JSON blocks) as a firebase-admin ``Message`` for ``token``.
+
+    The top-level ``notification`` keeps ``title``, ``body`` and ``image``; other keys there
+    (``body_loc_key``, ``body_loc_args``...) exist in v1 only under ``android.notification`` and
+    are moved there. Raises ValueError for unknown fields.
+    """
+    top = dict(req.notification or {})
+    notification = {k: top.pop(k) for k in ("title", "body", "image") if k in top}
+    android = dict(req.android or {})
+    message = messaging.Message(
+        data=dict(req.data),
+        notification=messaging.Notification(**notification) if notification else None,
+        android=_android(android, top) if android or top else None,
+        apns=_apns(req.apns) if req.apns else None,
+        webpush=_webpush(req.webpush) if req.webpush else None,
+    )
+    # Apps hand us FCM registration tokens, not installation ids (``fid``); firebase-admin 7
+    # warns on ``Message(token=...)`` at every construction, so set the attribute it encodes.
+    message.token = token
+    return message
+
+
+# ---------------------------------------------------------------------- HTTP plumbing
+
+
+class _BearerAuth(httpx.Auth):
+    """Applies the current access token; refreshing is the provider's job, never this flow's."""
+
+    def __init__(self, credential: Any) -> None:
+        self._credential = credential
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._credential.token}"
+        yield request
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    u = httpx.URL(url)
+    return u.scheme, u.host, u.port
+
+
+class _TokenRequest:
+    """google-auth's requests transport with a timeout (its default is 120 s) and our CA.
+
+    ``BRIDGE_FCM_CA_FILE`` is trusted for token requests only when the token endpoint is served
+    from the FCM endpoint's origin (the simulator); Google's token endpoint keeps the default
+    trust. The CA goes with each request because ``Session.verify`` loses to
+    ``REQUESTS_CA_BUNDLE``.
+    """
+
+    def __init__(
+        self, session: requests.Session, timeout: float, ca_file: str | None, ca_origin: str
+    ) -> None:
+        self._inner = google_requests.Request(session)
+        self._timeout = timeout
+        self._ca_file = ca_file
+        self._ca_origin = _origin(ca_origin)
+
+    def __call__(self, url: str, *args: Any, **kwargs: Any) -> Any:
+        kwargs["timeout"] = kwargs.get("timeout") or self._timeout
+        if self._ca_file and _origin(url) == self._ca_origin:
+            kwargs["verify"] = self._ca_file
+        return self._inner(url, *args, **kwargs)
+
+
+@dataclass(slots=True)
+class _Pending:
+    message: messaging.Message
+    token: str
+    future: asyncio.Future[SendResult]
+
+
+class FcmProvider:
+    """Sends through FCM HTTP v1; concurrent sends share ``send_each_async`` calls (≤ 500 each).
+
+    Each instance registers its own firebase-admin app (a unique name in the library's global
+    registry) and deletes it in :meth:`close`.
+    """
+
+    name = "fcm"
+
+    def __init__(
+        self,
+        credentials_file: str | Path,
+        *,
+        fcm_url: str | None = None,
+        ca_file: str | None = None,
+        timeout: float = 10.0,
+        batch_delay: float = 0.002,
+        max_batch: int = MAX_BATCH,
+        refresh_margin: float = REFRESH_MARGIN,
+    ) -> None:
+        if not 1 <= max_batch <= MAX_BATCH:
+            raise ValueError(f"max_batch must be within 1..{MAX_BATCH}")
+        cert = credentials.Certificate(str(credentials_file))
+        self.project_id: str = cert.project_id
+        self._timeout = timeout
+        self._batch_delay = batch_delay
+        self._max_batch = max_batch
+        self._refresh_margin = max(refresh_margin, REFRESH_MARGIN)
+        self._credential = cert.get_credential()
+        self._session = requests.Session()
+        self._token_request = _TokenRequest(
+            self._session, timeout, ca_file, fcm_url or "https://fcm.googleapis.com"
+        )
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_file) if ca_file else True
+        )
+        self._app = firebase_admin.initialize_app(
+            cert,
+            {"httpTimeout": timeout, "projectId": self.project_id},
+            name=f"push-bridge-fcm-{uuid.uuid4().hex[:12]}",
+        )
+        self._service = messaging._get_messaging_service(self._app)
+        lib_client = getattr(self._service, "_async_client", None)
+        self._lib_http = getattr(lib_client, "_async_client", None)
+        if not isinstance(self._lib_http, httpx.AsyncClient) or not hasattr(
+            self._service, "_fcm_url"
+        ):
+            raise RuntimeError(
+                f"firebase_admin {firebase_admin.__version__}: unknown messaging internals, cannot "
+                "configure its HTTP client"
+            )
+        self._http = httpx.AsyncClient(
+            http2=True,
+            verify=verify,
+            timeout=timeout,
+            auth=_BearerAuth(self._credential),
+            headers={
+                k: v for k, v in self._lib_http.headers.items() if k.lower().startswith("x-goog")
+            },
+        )
+        # Our own app's service object: swap in a client with our CA, no retries, non-refreshing auth.
+        lib_client._async_client = self._http  # type: ignore[union-attr]  # checked above
+        if fcm_url:
+            self._service._fcm_url = (
+                f"{fcm_url.rstrip('/')}/v1/projects/{self.project_id}/messages:send"
+            )
+        self._pending: list[_Pending] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refresh_lock = asyncio.Lock()
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._token_generation = 0
+        self._stale = False
+        self._closed = False
+        #: ``send_each_async`` calls made, and OAuth token refreshes done (both for tests/bench).
+        self.batches_sent = 0
+        self.token_refreshes = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FcmProvider:
+        """Build from ``BRIDGE_FCM_CREDENTIALS_FILE``, ``BRIDGE_FCM_URL``, ``BRIDGE_FCM_CA_FILE``."""
+        if not settings.fcm_credentials_file:
+            raise ValueError("BRIDGE_FCM_CREDENTIALS_FILE is not set")
+        return cls(
+            settings.fcm_credentials_file,
+            fcm_url=settings.fcm_url,
+            ca_file=settings.fcm_ca_file,
+            timeout=settings.push_timeout,
+        )
+
+    @property
+    def app_name(self) -> str:
+        """Name of this provider's firebase-admin app (unique per instance)."""
+        return str(self._app.name)
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, notification: Notification) -> SendResult:
+        """Send one notification (joining the current micro-batch) and map FCM's answer."""
+        if notification.fcm is None:
+            return Failed("no FCM payload composed")
+        if self._closed:
+            return Retry("provider closed")
+        token = notification.token
+        try:
+            message = build_message(token, notification.fcm)
+            # Validate now: an invalid message would fail the whole batch in send_each_async.
+            self._service.encode_message(message)
+        except (ValueError, TypeError) as exc:
+            return Failed(_clean(f"invalid message: {exc}", token))
+        loop = asyncio.get_running_loop()
+        pending = _Pending(message, token, loop.create_future())
+        self._pending.append(pending)
+        if len(self._pending) >= self._max_batch:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = loop.call_later(self._batch_delay, self._flush)
+        return await pending.future
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        while self._pending:
+            batch = [p for p in self._pending[: self._max_batch] if not p.future.done()]
+            del self._pending[: self._max_batch]
+            if batch:
+                task = asyncio.get_running_loop().create_task(self._send_batch(batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _send_batch(self, batch: list[_Pending]) -> None:
+        self.batches_sent += 1
+        results: list[SendResult]
+        try:
+            # A token refresh and one request, each bounded by the timeout; this is a safety net.
+            async with asyncio.timeout(2 * self._timeout + 1):
+                await self._ensure_token()
+                response = await messaging.send_each_async(
+                    [p.message for p in batch], app=self._app
+                )
+            results = [
+                Delivered(r.message_id) if r.success else self._result(r.exception, p.token)
+                for r, p in zip(response.responses, batch, strict=True)
+            ]
+        except TimeoutError:
+            results = [Retry("timeout")] * len(batch)
+        except google.auth.exceptions.GoogleAuthError as exc:
+            logger.warning("FCM OAuth token refresh failed: %s: %s", type(exc).__name__, exc)
+            results = [Retry("oauth_refresh_failed")] * len(batch)
+        except asyncio.CancelledError:
+            self._settle(batch, [Retry("provider closed")] * len(batch))
+            raise
+        except Exception as exc:  # noqa: BLE001 - send_each_async wraps transport trouble; map, never raise
+            results = [self._result(exc, p.token) for p in batch]
+        self._settle(batch, results)
+
+    @staticmethod
+    def _settle(batch: list[_Pending], results: list[SendResult]) -> None:
+        for p, r in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(r)
+
+    def _result(self, exc: BaseException | None, token: str) -> SendResult:
+        if exc is None:
+            return Failed("no result")
+        if isinstance(exc, fb.UnauthenticatedError) and not isinstance(
+            exc, messaging.ThirdPartyAuthError
+        ):
+            # FCM refused our access token: fetch a new one before the next batch.
+            self._stale = True
+        return result_for_error(exc, token)
+
+    # ------------------------------------------------------------------ OAuth token
+
+    def _seconds_left(self) -> float:
+        cred = self._credential
+        if not cred.token or cred.expiry is None:
+            return -math.inf
+        # google-auth keeps ``expiry`` as a naive UTC datetime.
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        return float((cred.expiry - now).total_seconds())
+
+    async def _ensure_token(self) -> None:
+        left = self._seconds_left()
+        if self._stale or left <= MIN_VALIDITY:
+            await self._refresh()
+        elif left <= self._refresh_margin and (
+            self._refresh_task is None or self._refresh_task.done()
+        ):
+            # Still good for a while: refresh in the background and send with the current one.
+            self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_quietly())
+            self._tasks.add(self._refresh_task)
+            self._refresh_task.add_done_callback(self._tasks.discard)
+
+    async def _refresh(self) -> None:
+        generation = self._token_generation
+        async with self._refresh_lock:
+            if generation != self._token_generation:
+                return  # refreshed while we waited for the lock
+            # google-auth's refresh is blocking HTTP: keep it off the event loop.
+            await asyncio.to_thread(self._credential.refresh, self._token_request)
+            self._token_generation += 1
+            self._stale = False
+            self.token_refreshes += 1
+            logger.debug("FCM access token refreshed (%.0f s left)", self._seconds_left())
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._refresh()
+        except google.auth.exceptions.GoogleAuthError as exc:
+            logger.warning("FCM OAuth token refresh failed: %s: %s", type(exc).__name__, exc)
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def close(self) -> None:
+        """Answer queued sends with Retry, stop in-flight batches, delete our firebase-admin app."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._settle(self._pending, [Retry("provider closed")] * len(self._pending))
+        self._pending.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._http.aclose()
+        assert self._lib_http is not None
+        await self._lib_http.aclose()
+        # delete_app closes the service with asyncio.run(): it needs a thread without a loop.
+        await asyncio.to_thread(firebase_admin.delete_app, self._app)
+        self._session.close()
