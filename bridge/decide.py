@@ -9,7 +9,7 @@ an edit or recall of it never alerts.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,3 +110,20 @@ def apply_mute(muted_rooms: frozenset[str], room_id: str, muted: bool | None) ->
     if muted:
         return muted_rooms | {room_id}
     return muted_rooms - {room_id}
+
+
+#: Message types that ring: sent to ``ios-voip`` tokens (iOS ends apps that get a VoIP push without a call).
+CALL_MESSAGE_TYPES: frozenset[str] = frozenset({"waitingCall"})
+
+
+def route(kind: str, message_type: str | None, push_types: Iterable[str]) -> list[str]:
+    """Which of a device's active registration types get a notification of this kind.
+
+    ``ios-voip`` only ever gets incoming calls, and a call goes to ``ios-voip`` instead of ``ios``
+    when the device has both; every other registration gets everything.
+    """
+    types = list(push_types)
+    is_call = kind == "message" and message_type in CALL_MESSAGE_TYPES
+    if is_call and "ios-voip" in types:
+        return [t for t in types if t != "ios"]
+    return [t for t in types if t != "ios-voip"]

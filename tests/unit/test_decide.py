@@ -88,3 +88,21 @@ def test_dedupe_keys() -> None:
 )
 def test_apply_mute(before: frozenset[str], room: str, muted: bool | None, after: frozenset[str]) -> None:
     assert apply_mute(before, room, muted) == after
+
+
+@pytest.mark.parametrize(
+    ("kind", "mtype", "types", "expected"),
+    [
+        ("message", "text", ["ios", "ios-voip"], ["ios"]),
+        ("message", "waitingCall", ["ios", "ios-voip"], ["ios-voip"]),
+        ("message", "waitingCall", ["ios"], ["ios"]),
+        ("message", "text", ["ios-voip"], []),
+        ("message", "waitingCall", ["fcm", "ios-voip"], ["fcm", "ios-voip"]),
+        ("invitation", None, ["ios", "ios-voip", "android"], ["ios", "android"]),
+        ("badge", None, ["ios-voip", "web"], ["web"]),
+    ],
+)
+def test_route(kind: str, mtype: str | None, types: list[str], expected: list[str]) -> None:
+    from bridge.decide import route
+
+    assert route(kind, mtype, types) == expected

@@ -1,0 +1,161 @@
+"""The app API: ``/me/subscribe``, ``/me/unsubscribe``, ``/me/state``, ``/me/devices/...``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from bridge import compose
+from bridge.api.auth import Caller
+from bridge.api.deps import ApiContext, context
+from bridge.api.errors import ApiError, ok
+from bridge.api.schemas import DEVICE_ID, StateBody, SubscribeBody, UnsubscribeBody
+from bridge.api.views import device_view
+from bridge.models import ApnsRequest, AppState, Device, Notification, Registration
+from bridge.worker.pool import result_dict
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/me", tags=["app"])
+
+Ctx = Annotated[ApiContext, Depends(context)]
+
+def _not_found() -> ApiError:
+    # The same answer whether the device does not exist or belongs to someone else.
+    return ApiError(404, "NOT_FOUND", "no such device")
+
+
+async def _owned_device(ctx: ApiContext, caller: Caller, device_id: str) -> Device:
+    device = await ctx.bridge.store.get_device(device_id)
+    if device is None or device.client_id != caller.client_id:
+        raise _not_found()
+    return device
+
+
+def _foreground_until(ctx: ApiContext, state: str | None, ttl: int | None) -> float | None:
+    if state != "foreground":
+        return None
+    return time.time() + (ttl or ctx.bridge.settings.foreground_ttl)
+
+
+@router.post("/subscribe", summary="Register or update a device's push token")
+async def subscribe(body: SubscribeBody, request: Request, ctx: Ctx) -> dict[str, Any]:
+    """Idempotent on ``type`` + ``deviceId``. Verifies the client token with IMKIT first."""
+    caller = await ctx.auth.caller(request, body.clientId)
+    if caller.token is None:
+        raise ApiError(400, "MISSING_PARAMETER", "IM-Authorization (the user's client token) is required to subscribe")
+    store = ctx.bridge.store
+    now = time.time()
+    device = await store.get_device(body.deviceId)
+    if device is not None and device.client_id != caller.client_id:
+        # The same app install now signed in as another user: the device moves to that user.
+        log.info("device changed hands", extra={"device_id": body.deviceId})
+        device = None
+    if device is None:
+        count = await store.count_client_devices(caller.client_id)
+        limit = ctx.bridge.settings.max_devices_per_user
+        if count >= limit:
+            raise ApiError(403, "FORBIDDEN", f"device limit reached ({limit} per user); unsubscribe one first")
+        device = Device(device_id=body.deviceId, client_id=caller.client_id, client_token=caller.token, created_at=now)
+    elif device.client_token != caller.token:
+        device.client_token = caller.token
+        device.token_version += 1
+    device.registrations[body.type] = Registration(type=body.type, token=body.token, updated_at=now)
+    if body.locale is not None:
+        device.locale = body.locale
+    if body.state is not None:
+        device.state = AppState(body.state)
+        device.foreground_until = _foreground_until(ctx, body.state, body.ttl)
+    device.updated_at = now
+    await store.put_device(device)
+    log.info("device subscribed", extra={"device_id": device.device_id, "push_type": body.type})
+    return ok(device_view(device, _status(ctx, device.device_id)))
+
+
+@router.post("/unsubscribe", summary="Remove a device's push token")
+async def unsubscribe(body: UnsubscribeBody, request: Request, ctx: Ctx) -> dict[str, Any]:
+    """Removes the ``type`` registration; the device (and its session) goes with its last one."""
+    caller = await ctx.auth.caller(request, body.clientId)
+    store = ctx.bridge.store
+    device = await store.get_device(body.deviceId)
+    if device is None or device.client_id != caller.client_id or body.type not in device.registrations:
+        return ok({"n": 0, "ok": 1})
+    del device.registrations[body.type]
+    if device.registrations:
+        device.updated_at = time.time()
+        await store.put_device(device)
+    else:
+        await store.delete_device(device.device_id)
+    log.info("device unsubscribed", extra={"device_id": device.device_id, "push_type": body.type})
+    return ok({"n": 1, "ok": 1})
+
+
+@router.post("/state", summary="Tell the bridge the app went to the foreground or background")
+async def set_state(body: StateBody, request: Request, ctx: Ctx) -> dict[str, Any]:
+    """A foreground state expires after ``ttl`` seconds unless renewed."""
+    caller = await ctx.auth.caller(request, body.clientId)
+    await _owned_device(ctx, caller, body.deviceId)
+    until = _foreground_until(ctx, body.state, body.ttl)
+    if not await ctx.bridge.store.set_app_state(body.deviceId, AppState(body.state), until):
+        raise _not_found()
+    return ok({"deviceId": body.deviceId, "state": body.state, "foregroundUntil": until})
+
+
+@router.get("/devices/{deviceId}", summary="The device as the bridge sees it (why no push?)")
+async def get_device(
+    deviceId: str,
+    request: Request,
+    ctx: Ctx,
+    clientId: Annotated[str | None, Query(max_length=128)] = None,
+) -> dict[str, Any]:
+    """State, session state, the last 50 events with the decision for each, last provider answer."""
+    _check_device_id(deviceId)
+    caller = await ctx.auth.caller(request, clientId)
+    device = await _owned_device(ctx, caller, deviceId)
+    return ok(device_view(device, _status(ctx, deviceId)))
+
+
+@router.post("/devices/{deviceId}/test-push", summary="Send a test notification now")
+async def test_push(
+    deviceId: str,
+    request: Request,
+    ctx: Ctx,
+    clientId: Annotated[str | None, Query(max_length=128)] = None,
+) -> dict[str, Any]:
+    """Sends one test notification to each of the device's tokens and returns the providers' answers."""
+    _check_device_id(deviceId)
+    caller = await ctx.auth.caller(request, clientId)
+    device = await _owned_device(ctx, caller, deviceId)
+    now = time.time()
+    notifications = []
+    for reg in device.registrations.values():
+        target = compose.Target(push_type=reg.type, locale=device.locale, content=ctx.bridge.settings.push_content)
+        req = compose.compose_test(target, now=now)
+        notifications.append(
+            Notification(
+                device_id=device.device_id,
+                push_type=reg.type,
+                token=reg.token,
+                push_id=compose.push_id(f"{device.device_id}/{reg.type}", "test", f"{now:.6f}"),
+                kind="test",
+                apns=req if isinstance(req, ApnsRequest) else None,
+                fcm=None if isinstance(req, ApnsRequest) else req,
+            )
+        )
+    results = await asyncio.gather(*(ctx.bridge.dispatcher.send_now(n) for n in notifications))
+    out = [result_dict(n, r) for n, r in zip(notifications, results, strict=True)]
+    return ok({"deviceId": deviceId, "results": out})
+
+
+def _check_device_id(device_id: str) -> None:
+    if not (1 <= len(device_id) <= 128 and re.match(DEVICE_ID, device_id)):
+        raise ApiError(400, "INVALID_PARAMETER", "deviceId: 1-128 characters of A-Z a-z 0-9 . _ : -")
+
+
+def _status(ctx: ApiContext, device_id: str) -> dict[str, Any] | None:
+    pool = ctx.bridge.pool
+    return pool.device_status(device_id) if pool is not None else None

@@ -1,0 +1,53 @@
+"""Request bodies of the app API, with bounds on lengths and character sets."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEVICE_ID = r"^[A-Za-z0-9._:\-]+$"
+PUSH_TOKEN = r"^[A-Za-z0-9._:\-]+$"
+LOCALE = r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8}){0,3}$"
+CLIENT_ID = r"^[^\s]+$"
+
+PushType = Literal["ios", "ios-voip", "fcm", "android", "web"]
+StateName = Literal["foreground", "background"]
+
+
+class _Body(BaseModel):
+    # Apps send IMKIT's own request; fields we don't use are ignored, not rejected.
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+class SubscribeBody(_Body):
+    type: PushType = Field(description="Push platform: ios, ios-voip (APNs) or fcm, android, web (FCM)")
+    token: str = Field(min_length=1, max_length=4096, pattern=PUSH_TOKEN, description="APNs device token or FCM registration token")
+    deviceId: str = Field(min_length=1, max_length=128, pattern=DEVICE_ID)
+    locale: str | None = Field(None, max_length=35, pattern=LOCALE, description="e.g. en-US, zh-TW, ja")
+    state: StateName | None = None
+    ttl: int | None = Field(None, ge=1, le=86400, description="seconds a foreground state lasts")
+    clientId: str | None = Field(None, min_length=1, max_length=128, pattern=CLIENT_ID, description="with IM-API-KEY only")
+
+    model_config = ConfigDict(
+        extra="ignore",
+        str_strip_whitespace=True,
+        json_schema_extra={"examples": [{"type": "ios", "token": "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2", "deviceId": "8F3C2A10-device", "locale": "zh-TW"}]},
+    )
+
+
+class UnsubscribeBody(_Body):
+    type: PushType
+    deviceId: str = Field(min_length=1, max_length=128, pattern=DEVICE_ID)
+    clientId: str | None = Field(None, min_length=1, max_length=128, pattern=CLIENT_ID)
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"type": "ios", "deviceId": "8F3C2A10-device"}]})
+
+
+class StateBody(_Body):
+    deviceId: str = Field(min_length=1, max_length=128, pattern=DEVICE_ID)
+    state: StateName
+    ttl: int | None = Field(None, ge=1, le=86400, description="seconds a foreground state lasts (default BRIDGE_FOREGROUND_TTL)")
+    clientId: str | None = Field(None, min_length=1, max_length=128, pattern=CLIENT_ID)
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"deviceId": "8F3C2A10-device", "state": "foreground", "ttl": 120}]})

@@ -1,0 +1,264 @@
+"""``push-bridge``: the command line. The only module that prints or installs signal handlers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from bridge import __version__
+from bridge.config import Settings
+from bridge.logs import configure_logging
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        print("push-bridge: invalid configuration:", file=sys.stderr)
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            var = f"BRIDGE_{loc.upper()}" if loc else "settings"
+            print(f"  {var}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _require(settings: Settings, *, redis: bool | None = None) -> None:
+    if not settings.imkit_url:
+        print("push-bridge: BRIDGE_IMKIT_URL is required (the IMKIT chat server base URL)", file=sys.stderr)
+        raise SystemExit(2)
+    if redis and not settings.store_is_redis:
+        print(
+            "push-bridge: the api and worker roles share devices through Redis; set BRIDGE_STORE=redis://host:port/db "
+            "(or run `push-bridge serve` for the embedded SQLite mode)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
+# ---------------------------------------------------------------- serve / api
+
+
+def cmd_serve(args: argparse.Namespace, role: str = "serve") -> int:
+    import uvicorn
+
+    from bridge.api.app import create_app
+
+    settings = _settings(host=args.host, port=args.port)
+    _require(settings, redis=(role == "api"))
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        app = create_app(settings, role="serve" if role == "serve" else "api")
+    except ValueError as exc:
+        print(f"push-bridge: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    return cmd_serve(args, role="api")
+
+
+# ---------------------------------------------------------------- worker
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(metrics_port=args.metrics_port)
+    _require(settings, redis=True)
+    configure_logging(settings.log_level, settings.log_format)
+    return asyncio.run(_run_worker(settings))
+
+
+async def _run_worker(settings: Settings) -> int:
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from bridge.runtime import Bridge
+
+    bridge = Bridge(settings, role="worker")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(bridge.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"RC": 0, "RM": "OK", "result": {"status": "alive"}})
+
+    async def readyz(_: web.Request) -> web.Response:
+        reasons = await bridge.readiness()
+        status = 503 if reasons else 200
+        return web.json_response({"RC": 0 if not reasons else 503, "result": {"ready": not reasons, "reasons": reasons}}, status=status)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.metrics_port)
+    await site.start()
+    try:
+        await bridge.start()
+        await stop.wait()
+    finally:
+        await bridge.close()
+        await runner.cleanup()
+    return 0
+
+
+# ---------------------------------------------------------------- sim
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    configure_logging("INFO", "text")
+    state_dir = Path(args.state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_run_sims(args.which, args.host, args.port, state_dir, args.topic))
+
+
+async def _run_sims(which: str, host: str, port: int, state_dir: Path, topic: str) -> int:
+    from bridge.sim import apns as apns_sim
+    from bridge.sim import fcm as fcm_sim
+    from bridge.sim import imkit as imkit_sim
+
+    tasks: list[asyncio.Task[None]] = []
+    if which in ("imkit", "all"):
+        tasks.append(asyncio.create_task(imkit_sim.run(host, port)))
+        print(f"simulated IMKIT on http://{host}:{port}  (BRIDGE_IMKIT_URL=http://{host}:{port})")
+    if which in ("apns", "all"):
+        p = port + 1 if which == "all" else port
+        tasks.append(asyncio.create_task(apns_sim.run(host, p, state_dir, topic)))
+        print(f"simulated APNs on https://{host}:{p}  (files in {state_dir}, see apns-sim.json)")
+    if which in ("fcm", "all"):
+        p = port + 2 if which == "all" else port
+        tasks.append(asyncio.create_task(fcm_sim.run(host, p, state_dir)))
+        print(f"simulated FCM on http://{host}:{p}  (service account in {state_dir})")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for t in [waiter, *tasks]:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            exc = t.exception() if t.done() and not t.cancelled() else None
+            if exc is not None:
+                print(f"push-bridge sim: {exc}", file=sys.stderr)
+                return 1
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo
+
+    configure_logging("WARNING", "text")
+    return asyncio.run(run_demo(print_line=print, verbose=args.verbose))
+
+
+# ---------------------------------------------------------------- check
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from bridge.check import run_checks
+
+    settings = _settings()
+    failures = 0
+    for ok, what in run_checks(settings):
+        print(("ok    " if ok else "FAIL  ") + what)
+        failures += 0 if ok else 1
+    print("configuration OK" if not failures else f"{failures} problem(s) found")
+    return 0 if not failures else 1
+
+
+# ---------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bridge.bench import run_bench
+
+    configure_logging("WARNING", "text")
+    result = asyncio.run(run_bench(args.scenario, vars(args)))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="push-bridge", description="IMKIT push bridge: APNs/FCM pushes for backgrounded chat apps")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    for name, fn, text in (
+        ("serve", cmd_serve, "API and worker pool in one process (the embedded default, SQLite)"),
+        ("api", cmd_api, "the HTTP API alone (several nodes, Redis store)"),
+    ):
+        sp = sub.add_parser(name, help=text, description=text)
+        sp.add_argument("--host", default=None, help="listen address (BRIDGE_HOST, default 127.0.0.1)")
+        sp.add_argument("--port", type=int, default=None, help="listen port (BRIDGE_PORT, default 8080)")
+        sp.set_defaults(func=fn)
+
+    sp = sub.add_parser("worker", help="the worker pool alone (several nodes, Redis store)")
+    sp.add_argument("--metrics-port", type=int, default=None, help="port of /metrics and /healthz (BRIDGE_METRICS_PORT)")
+    sp.set_defaults(func=cmd_worker)
+
+    sp = sub.add_parser("sim", help="simulated IMKIT / APNs / FCM servers for local development")
+    sp.add_argument("which", choices=["imkit", "apns", "fcm", "all"])
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=9000, help="port (with 'all': imkit, apns=port+1, fcm=port+2)")
+    sp.add_argument("--state-dir", default="./sim-state", help="where certificates, keys and credentials are written")
+    sp.add_argument("--topic", default="com.example.chat", help="APNs topic (bundle id) the simulated APNs accepts")
+    sp.set_defaults(func=cmd_sim)
+
+    sp = sub.add_parser("demo", help="the whole flow on one machine, narrated")
+    sp.add_argument("-v", "--verbose", action="store_true", help="also print each delivered payload in full")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("check", help="validate configuration and credential files")
+    sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("bench", help="load and latency benchmarks against the simulators")
+    sp.add_argument("scenario", choices=["sessions", "storm", "latency", "throughput", "api"])
+    sp.add_argument("-n", "--sessions", type=int, default=1000)
+    sp.add_argument("--rate", type=float, default=200.0, help="events (or calls) per second")
+    sp.add_argument("--duration", type=float, default=10.0, help="seconds")
+    sp.add_argument("--output", default=None, help="write the JSON result here")
+    sp.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``push-bridge`` console script."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc

@@ -1,0 +1,221 @@
+"""``push-bridge demo``: simulated IMKIT, APNs and FCM, a real bridge, and a narrated scenario."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PrintLine = Callable[[str], Any]
+
+TOPIC = "com.example.chat"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def _wait(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class _Narrator:
+    def __init__(self, print_line: PrintLine, verbose: bool) -> None:
+        self.t0 = time.monotonic()
+        self.print_line = print_line
+        self.verbose = verbose
+
+    def __call__(self, text: str) -> None:
+        self.print_line(f"[{time.monotonic() - self.t0:6.2f}s] {text}")
+
+    def step(self, title: str) -> None:
+        self.print_line("")
+        self.print_line(f"== {title}")
+
+
+async def run_demo(print_line: PrintLine = print, verbose: bool = False) -> int:
+    """Run the whole flow on 127.0.0.1 and narrate it; returns an exit code."""
+    import uvicorn
+
+    from bridge.api.app import create_app
+    from bridge.config import Settings
+    from bridge.sim.apns import ApnsSim
+    from bridge.sim.certs import generate_apns_key, issue_test_certs
+    from bridge.sim.fcm import FcmSim
+    from bridge.sim.imkit import ImkitSim
+
+    say = _Narrator(print_line, verbose)
+    with tempfile.TemporaryDirectory(prefix="push-bridge-demo-") as tmp:
+        d = Path(tmp)
+        certs = issue_test_certs(d)
+        key = generate_apns_key(d)
+        imkit = ImkitSim()
+        apns = ApnsSim(certs.cert_file, certs.key_file, topics=[TOPIC], keys=[key])
+        fcm = FcmSim()
+        await imkit.start()
+        await apns.start()
+        await fcm.start()
+        sa = fcm.write_service_account(d / "fcm.json")
+        say(f"simulated IMKIT at {imkit.url}, APNs at https://127.0.0.1:{apns.port}, FCM at {fcm.url}")
+
+        for cid, nick in (("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")):
+            imkit.create_user(cid, nick)
+        imkit.create_room("general", ["alice", "bob", "carol"], name="General")
+        imkit.create_room("random", ["alice", "bob"], name="Random")
+        imkit.create_room("party", ["carol"], name="Party planning")
+        alice = imkit.issue_token("alice")
+
+        port = _free_port()
+        settings = Settings(
+            host="127.0.0.1",
+            port=port,
+            imkit_url=imkit.url,
+            store=f"sqlite:///{d / 'bridge.db'}",
+            apns_key_file=str(key.key_file),
+            apns_key_id=key.key_id,
+            apns_team_id=key.team_id,
+            apns_topic=TOPIC,
+            apns_host="127.0.0.1",
+            apns_port=apns.port,
+            apns_ca_file=str(certs.ca_file),
+            fcm_credentials_file=str(sa),
+            fcm_url=fcm.url,
+            foreground_ttl=120,
+            log_level="WARNING",
+        )
+        app = create_app(settings)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"))
+        serve_task = asyncio.create_task(server.serve())
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with httpx.AsyncClient(base_url=base, headers={"IM-Authorization": alice}, timeout=10) as http:
+                await _wait(lambda: _ready(http), 15, "the bridge to start")
+                say(f"bridge serving on {base} (SQLite store, real aioapns and firebase-admin clients)")
+                return await _scenario(say, http, imkit, apns, fcm)
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(serve_task, 20)
+            await fcm.stop()
+            await apns.stop()
+            await imkit.stop()
+
+
+async def _ready(http: httpx.AsyncClient) -> bool:
+    try:
+        return (await http.get("/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _scenario(say: _Narrator, http: httpx.AsyncClient, imkit: Any, apns: Any, fcm: Any) -> int:
+    devices = {"alice-iphone": "ios", "alice-pixel": "fcm"}
+    seen: dict[str, int] = dict.fromkeys(devices, 0)
+
+    say.step("Alice registers an iPhone (APNs) and a Pixel (FCM)")
+    r = await http.post("/me/subscribe", json={"type": "ios", "token": "a1" * 32, "deviceId": "alice-iphone", "locale": "en-US"})
+    say(f"POST /me/subscribe iPhone → {r.status_code} {r.json()['RM']}")
+    r = await http.post("/me/subscribe", json={"type": "fcm", "token": "fcm-token-alice-pixel", "deviceId": "alice-pixel", "locale": "zh-TW"})
+    say(f"POST /me/subscribe Pixel  → {r.status_code} {r.json()['RM']}")
+
+    async def live() -> bool:
+        views = [(await http.get(f"/me/devices/{d}")).json()["result"] for d in devices]
+        return all(v["session"] == "live" for v in views)
+
+    await _wait(live, 20, "both sessions to go live")
+    say("both upstream sessions are live (conf + auth2 acknowledged)")
+
+    async def show(expect: int, pushes: int = 0) -> None:
+        """Wait for `expect` new events on each device and `pushes` more provider answers, then print them."""
+        async def arrived() -> bool:
+            for d in devices:
+                v = (await http.get(f"/me/devices/{d}")).json()["result"]
+                events = v["events"]
+                if len(events) < seen[d] + expect:
+                    return False
+                pending = [e for e in events[: len(events) - seen[d]] if e["decision"] == "pushed" and not e["results"]]
+                if pending:
+                    return False
+            return True
+
+        await _wait(arrived, 15, "the events to be decided")
+        for d in devices:
+            v = (await http.get(f"/me/devices/{d}")).json()["result"]
+            new = list(reversed(v["events"][: len(v["events"]) - seen[d]]))
+            seen[d] = len(v["events"])
+            for e in new:
+                line = f"{d:13} {e['event']:12} room={e['room']}: {e['decision']}"
+                if e["decision"] != "pushed":
+                    line += f" ({e['reason']})"
+                for res in e["results"]:
+                    line += f" → {res['provider'].upper()} {res['outcome']}"
+                    if "latency" in res:
+                        line += f" in {res['latency'] * 1000:.0f} ms"
+                say(line)
+
+    def last_payloads() -> None:
+        if apns.received:
+            a = apns.received[-1]
+            alert = a.payload.get("aps", {}).get("alert", {})
+            say(f"  APNs got: push-type={a.headers.get('apns-push-type')} alert={json.dumps(alert, ensure_ascii=False)} badge={a.payload.get('aps', {}).get('badge')}")
+            if say.verbose:
+                say("  " + json.dumps(a.payload, ensure_ascii=False))
+        if fcm.received:
+            f = fcm.received[-1]
+            data = f.message.get("data", {})
+            say(f"  FCM got:  title={data.get('title')!r} body={data.get('body')!r} type={data.get('type')!r} loc-key={data.get('loc-key')!r}")
+            if say.verbose:
+                say("  " + json.dumps(f.message, ensure_ascii=False))
+
+    say.step("Both apps are in the background; Bob writes in #general")
+    for d in devices:
+        await http.post("/me/state", json={"deviceId": d, "state": "background"})
+    first = await imkit.send_message("general", "bob", "Hi Alice! Lunch at noon?")
+    await show(1)
+    last_payloads()
+
+    say.step("Alice opens the app on her iPhone (foreground); Bob writes again")
+    r = await http.post("/me/state", json={"deviceId": "alice-iphone", "state": "foreground", "ttl": 120})
+    say(f"POST /me/state iPhone foreground (ttl 120 s) → {r.status_code}")
+    await imkit.send_message("general", "bob", "Are you there?")
+    await show(1)
+
+    say.step("Alice mutes #random; Bob writes there")
+    await imkit.mute("alice", "random", True)
+    await show(1)
+    await imkit.send_message("random", "bob", "cat pictures!", message_type="image")
+    await show(1)
+
+    say.step("Bob edits his first message (same _id): never alerted twice")
+    await imkit.edit_message(first["_id"], "Hi Alice! Lunch at 12:30?")
+    await show(1)
+
+    say.step("Carol invites Alice to 'Party planning'")
+    await imkit.invite("party", "carol", "alice")
+    await show(1)
+    last_payloads()
+
+    say.step("Alice reads #general on her laptop: the badge is updated silently")
+    await imkit.read("alice", "general")
+    await show(1)
+    await asyncio.sleep(0)
+    last_payloads()
+
+    say.step("Done")
+    say(f"APNs received {len(apns.received)} request(s), FCM received {len(fcm.received)} request(s)")
+    return 0

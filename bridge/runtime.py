@@ -1,0 +1,137 @@
+"""The composition root: builds the store, providers, dispatcher and worker pool from Settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Literal
+
+from bridge._backoff import Backoff
+from bridge.config import Settings
+from bridge.metrics import Metrics
+from bridge.models import Notification
+from bridge.push.dispatcher import Dispatcher
+from bridge.push.provider import Provider, SendResult
+from bridge.store.base import Store, StoreUnavailable
+from bridge.store.factory import make_store
+from bridge.upstream.rest import ImkitRest
+from bridge.worker.pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+Role = Literal["serve", "api", "worker"]
+
+
+def make_providers(settings: Settings) -> tuple[dict[str, Provider], list[str]]:
+    """One provider per kind from the credentials configured, or the log fallback; plus problems."""
+    providers: dict[str, Provider] = {}
+    problems: list[str] = []
+    fallback = settings.push_provider_fallback == "log"
+    if settings.apns_configured:
+        from bridge.push.apns import ApnsProvider
+
+        providers["apns"] = ApnsProvider.from_settings(settings)
+    elif fallback:
+        from bridge.push.log import LogProvider
+
+        providers["apns"] = LogProvider()
+    else:
+        problems.append("APNs has no credentials (BRIDGE_APNS_KEY_FILE or BRIDGE_APNS_CERT_FILE)")
+    if settings.fcm_configured:
+        from bridge.push.fcm import FcmProvider
+
+        providers["fcm"] = FcmProvider.from_settings(settings)
+    elif fallback:
+        from bridge.push.log import LogProvider
+
+        providers["fcm"] = LogProvider()
+    else:
+        problems.append("FCM has no credentials (BRIDGE_FCM_CREDENTIALS_FILE)")
+    return providers, problems
+
+
+class Bridge:
+    """Everything one process runs, for its role: ``serve`` (API + workers), ``api`` or ``worker``."""
+
+    def __init__(self, settings: Settings, *, role: Role = "serve", metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.role = role
+        self.metrics = metrics or Metrics()
+        self.store: Store = make_store(settings)
+        if not settings.imkit_url:
+            raise ValueError("BRIDGE_IMKIT_URL is required")
+        self.rest = ImkitRest(
+            settings.imkit_url,
+            client_key=settings.imkit_client_key.get_secret_value() if settings.imkit_client_key else None,
+            timeout=settings.imkit_request_timeout,
+        )
+        self.providers, self.provider_problems = make_providers(settings)
+        self.pool: WorkerPool | None = None
+        self.worker_id = settings.worker_id or f"{socket.gethostname()}-{id(self) & 0xFFFF:04x}"
+        self.dispatcher = Dispatcher(
+            self.providers,
+            metrics=self.metrics,
+            queue_size=settings.queue_size,
+            concurrency=settings.push_concurrency,
+            max_age=settings.push_max_age,
+            backoff=Backoff(settings.backoff_base, settings.backoff_cap),
+            # The providers time out themselves; this is the backstop for one that hangs anyway.
+            send_timeout=settings.push_timeout + 5.0,
+            on_result=self._on_result,
+            on_token_invalid=self._on_token_invalid,
+        )
+        if role in ("serve", "worker"):
+            self.pool = WorkerPool(
+                settings,
+                store=self.store,
+                dispatcher=self.dispatcher,
+                rest=self.rest,
+                metrics=self.metrics,
+                worker_id=self.worker_id,
+            )
+        self.started = False
+
+    async def _on_result(self, n: Notification, result: SendResult) -> None:
+        if self.pool is not None:
+            await self.pool.handle_result(n, result)
+
+    async def _on_token_invalid(self, n: Notification, reason: str) -> None:
+        if self.pool is not None:
+            await self.pool.handle_token_invalid(n, reason)
+        else:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.disable_registration(n.device_id, n.push_type, reason)
+
+    async def start(self) -> None:
+        """Open the store, start the dispatcher, then the pool (so pushes have somewhere to go)."""
+        await self.store.open()
+        await self.dispatcher.start()
+        if self.pool is not None:
+            await self.pool.start()
+        self.started = True
+
+    async def close(self) -> None:
+        """Close in reverse: sessions first, then drain queued pushes, then providers and store."""
+        if self.pool is not None:
+            await self.pool.close(timeout=5.0)
+        await self.dispatcher.close(timeout=self.settings.drain_timeout)
+        for provider in self.providers.values():
+            with contextlib.suppress(Exception):
+                await provider.close()
+        await self.rest.aclose()
+        with contextlib.suppress(Exception):
+            await self.store.close()
+
+    async def readiness(self) -> list[str]:
+        """Why this process is not ready (empty when it is)."""
+        reasons: list[str] = []
+        try:
+            await asyncio.wait_for(self.store.ping(), 2.0)
+        except (TimeoutError, StoreUnavailable) as exc:
+            reasons.append(f"store unreachable: {exc or 'timeout'}")
+        if self.pool is not None and not self.pool.running:
+            reasons.append("worker loop not running")
+        reasons.extend(self.provider_problems)
+        return reasons

@@ -1,0 +1,277 @@
+"""The embedded bridge end to end: simulated IMKIT, APNs (HTTP/2+TLS) and FCM, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import wait_for
+
+from bridge.config import Settings
+from bridge.sim.apns import ApnsSim
+from bridge.sim.certs import generate_apns_key, issue_test_certs
+from bridge.sim.fcm import FcmSim
+from bridge.sim.imkit import ImkitSim
+from tests.e2e._bridge import RunningBridge, running_bridge
+
+TOPIC = "com.example.chat"
+IOS = "a1" * 32
+ANDROID = "fcm-token-android-1"
+
+
+@dataclass
+class Stack:
+    imkit: ImkitSim
+    apns: ApnsSim
+    fcm: FcmSim
+    bridge: RunningBridge
+    alice: httpx.AsyncClient
+
+    def delivered_apns(self, token: str = IOS) -> list[Any]:
+        return [r for r in self.apns.received if r.token == token and r.status == 200]
+
+    def delivered_fcm(self, token: str = ANDROID) -> list[Any]:
+        return [r for r in self.fcm.received if r.token == token and r.status == 200]
+
+    async def device(self, device_id: str) -> dict[str, Any]:
+        r = await self.alice.get(f"/me/devices/{device_id}")
+        assert r.status_code == 200, r.text
+        result: dict[str, Any] = r.json()["result"]
+        return result
+
+    async def subscribe(self, device_id: str, type_: str, token: str, **kw: Any) -> None:
+        r = await self.alice.post("/me/subscribe", json={"type": type_, "token": token, "deviceId": device_id, **kw})
+        assert r.status_code == 200, r.text
+
+    async def wait_live(self, *device_ids: str) -> None:
+        async def live() -> bool:
+            states = [(await self.device(d))["session"] for d in device_ids]
+            return all(s == "live" for s in states)
+
+        await wait_for(live, 15, interval=0.05, message=f"{device_ids} live")
+
+    async def wait_event(self, device_id: str, n: int, *, settled: bool = True) -> list[dict[str, Any]]:
+        """Wait until the device has decided ``n`` events and every pushed one has a provider answer."""
+        events: list[dict[str, Any]] = []
+
+        async def ready() -> bool:
+            nonlocal events
+            events = (await self.device(device_id))["events"]
+            if len(events) < n:
+                return False
+            return not settled or all(e["results"] for e in events if e["decision"] == "pushed")
+
+        await wait_for(ready, 10, interval=0.02, message=f"{n} events on {device_id}")
+        return events
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    certs = issue_test_certs(tmp_path)
+    key = generate_apns_key(tmp_path)
+    imkit = ImkitSim()
+    apns = ApnsSim(certs.cert_file, certs.key_file, topics=[TOPIC], keys=[key])
+    fcm = FcmSim()
+    await imkit.start()
+    await apns.start()
+    await fcm.start()
+    for cid in ("alice", "bob", "carol"):
+        imkit.create_user(cid, cid.title())
+    imkit.create_room("r1", ["alice", "bob"], name="Lunch")
+    imkit.create_room("r2", ["alice", "bob"], name="Random")
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        imkit_url=imkit.url,
+        store=f"sqlite:///{tmp_path / 'bridge.db'}",
+        apns_key_file=str(key.key_file),
+        apns_key_id=key.key_id,
+        apns_team_id=key.team_id,
+        apns_topic=TOPIC,
+        apns_host="127.0.0.1",
+        apns_port=apns.port,
+        apns_ca_file=str(certs.ca_file),
+        fcm_credentials_file=str(fcm.write_service_account(tmp_path / "sa.json")),
+        fcm_url=fcm.url,
+        backoff_base=0.05,
+        backoff_cap=0.5,
+        mute_refresh_interval=0.3,
+        push_timeout=3,
+    )
+    try:
+        async with running_bridge(settings) as b, b.client(imkit.issue_token("alice")) as alice:
+            yield Stack(imkit, apns, fcm, b, alice)
+    finally:
+        await fcm.stop()
+        await apns.stop()
+        await imkit.stop()
+
+
+async def test_message_becomes_apns_and_fcm_notifications(stack: Stack) -> None:
+    await stack.subscribe("iphone", "ios", IOS, locale="en-US")
+    await stack.subscribe("pixel", "android", ANDROID, locale="zh-TW")
+    await stack.wait_live("iphone", "pixel")
+    msg = await stack.imkit.send_message("r1", "bob", "Lunch at noon?")
+    await wait_for(lambda: stack.delivered_apns() and stack.delivered_fcm(), 10, message="both delivered")
+
+    a = stack.delivered_apns()[0]
+    assert a.headers["apns-topic"] == TOPIC and a.headers["apns-push-type"] == "alert"
+    alert = a.payload["aps"]["alert"]
+    assert alert["loc-key"] == "im_loc_text" and "Lunch at noon?" in alert["body"]
+    assert a.payload["aps"]["thread-id"] == "r1"
+    assert json.loads(a.payload["payload"])["_id"] == msg["_id"]
+
+    f = stack.delivered_fcm()[0]
+    data = f.message["data"]
+    assert all(isinstance(v, str) for v in data.values())
+    assert data["type"] == "message:r1" and data["loc-key"] == "im_loc_text"
+    assert json.loads(data["payload"])["_id"] == msg["_id"]
+    assert f.message["android"]["collapse_key"] == "r1"
+
+    events = await stack.wait_event("iphone", 1)
+    assert events[0]["decision"] == "pushed" and events[0]["results"][0]["outcome"] == "delivered"
+    assert (await stack.device("iphone"))["lastProviderResult"]["outcome"] == "delivered"
+
+
+async def test_every_decision_reason(stack: Stack) -> None:
+    im = stack.imkit
+    await stack.subscribe("iphone", "ios", IOS)
+    await stack.wait_live("iphone")
+    n = 0
+
+    async def expect(reason: str) -> None:
+        nonlocal n
+        n += 1
+        events = await stack.wait_event("iphone", n)
+        assert events[0]["reason"] == reason, events[0]
+
+    first = await im.send_message("r1", "bob", "one")
+    await expect("pushed")
+    await im.send_message("r1", "alice", "sent from my laptop")
+    await expect("own_message")
+    await im.edit_message(first["_id"], "one (edited)")
+    await expect("duplicate")
+    await im.recall_message(first["_id"])
+    await expect("duplicate")
+    await im.send_message("r1", "bob", None, message_type="joinRoom")
+    await expect("message_type_off")
+    await im.emit_raw("alice", "typing", {"room": "r1", "message": "ty"})
+    await expect("event_not_pushed")
+    await im.mute("alice", "r2", True)
+    await expect("event_not_pushed")  # the roomPref event itself
+    await im.send_message("r2", "bob", "in a muted room")
+    await expect("muted")
+    r = await stack.alice.post("/me/state", json={"deviceId": "iphone", "state": "foreground"})
+    assert r.status_code == 200
+    await wait_for(lambda: stack.bridge.bridge.pool is not None and _state(stack, "iphone") == "foreground", 5, message="foreground seen by the pool")
+    await im.send_message("r1", "bob", "while open")
+    await expect("foreground")
+    await stack.alice.post("/me/state", json={"deviceId": "iphone", "state": "background"})
+    await wait_for(lambda: _state(stack, "iphone") == "background", 5, message="background seen by the pool")
+    im.set_notification_enabled("alice", False)
+    pool = stack.bridge.bridge.pool
+    assert pool is not None
+    await wait_for(lambda: (u := pool.user_state("alice")) is not None and not u.notifications_enabled, 5, message="switch refreshed")
+    await im.send_message("r1", "bob", "switched off")
+    await expect("notifications_disabled")
+    im.set_notification_enabled("alice", True)
+    await wait_for(lambda: (u := pool.user_state("alice")) is not None and u.notifications_enabled, 5, message="switch refreshed")
+
+    # A dead token: APNs says Unregistered, the registration is disabled, later events say why.
+    stack.apns.script(IOS, status=410, reason="Unregistered")
+    await im.send_message("r1", "bob", "to a dead token")
+    events = await stack.wait_event("iphone", n + 1)
+    n += 1
+    assert events[0]["decision"] == "pushed" and events[0]["results"][0]["outcome"] == "token_invalid"
+    await wait_for(lambda: _active(stack, "iphone") is False, 5, message="registration disabled")
+    await im.send_message("r1", "bob", "after")
+    await expect("token_invalid")
+    assert len(stack.delivered_apns()) == 1  # only the very first message was ever alerted
+    dev = await stack.device("iphone")
+    assert dev["registrations"][0]["disabledReason"] == "Unregistered"
+
+
+def _state(stack: Stack, device_id: str) -> str | None:
+    import time
+
+    pool = stack.bridge.bridge.pool
+    rt = pool._runtimes.get(device_id) if pool else None  # the pool's cached copy of the device
+    return rt.device.effective_state(time.time()).value if rt else None
+
+
+def _active(stack: Stack, device_id: str) -> bool | None:
+    pool = stack.bridge.bridge.pool
+    rt = pool._runtimes.get(device_id) if pool else None
+    return bool(rt.device.active_registrations) if rt else None
+
+
+async def test_invitation_and_badge_update_when_read_elsewhere(stack: Stack) -> None:
+    await stack.subscribe("iphone", "ios", IOS)
+    await stack.subscribe("pixel", "fcm", ANDROID)
+    await stack.wait_live("iphone", "pixel")
+    stack.imkit.create_room("party", ["carol"], name="Party")
+    await stack.imkit.invite("party", "carol", "alice")
+    await wait_for(lambda: stack.delivered_apns() and stack.delivered_fcm(), 10, message="invitation delivered")
+    alert = stack.delivered_apns()[0].payload["aps"]["alert"]
+    assert alert["loc-key"] == "im_loc_invitation" and alert["loc-args"] == ["Carol", "Party"]
+    assert stack.delivered_fcm()[0].message["data"]["type"] == "invitation:party"
+
+    await stack.imkit.send_message("r1", "bob", "unread 1")
+    await stack.imkit.send_message("r1", "bob", "unread 2")
+    await wait_for(lambda: len(stack.delivered_apns()) == 3, 10, message="two messages delivered")
+    assert stack.delivered_apns()[-1].payload["aps"]["badge"] == 2
+    await stack.imkit.read("alice", "r1")
+    await wait_for(lambda: len(stack.delivered_apns()) == 4 and len(stack.delivered_fcm()) == 4, 10, message="silent badge updates")
+    silent = stack.delivered_apns()[-1]
+    assert silent.headers["apns-push-type"] == "background" and silent.payload["aps"]["badge"] == 0
+    assert "alert" not in silent.payload["aps"]
+    assert stack.delivered_fcm()[-1].message["data"]["badge"] == "0"
+
+
+async def test_token_update_recovers_auth_failed(stack: Stack) -> None:
+    await stack.subscribe("iphone", "ios", IOS)
+    await stack.wait_live("iphone")
+    stack.imkit.delete_user("alice")  # every token of alice's is now rejected
+    await stack.imkit.drop_all_sockets()
+
+    async def parked() -> bool:
+        return (await stack.device("iphone"))["session"] == "auth_failed"
+
+    # The API still answers from its token cache while the session is parked.
+    await wait_for(parked, 10, interval=0.05, message="auth_failed")
+    stack.imkit.create_user("alice", "Alice")
+    fresh = stack.imkit.issue_token("alice")
+    async with stack.bridge.client(fresh) as c:
+        r = await c.post("/me/subscribe", json={"type": "ios", "token": IOS, "deviceId": "iphone"})
+        assert r.status_code == 200
+    await stack.wait_live("iphone")
+    await stack.imkit.send_message("r1", "bob", "back again")
+    await wait_for(lambda: len(stack.delivered_apns()) == 1, 10, message="push after recovery")
+
+
+async def test_200_devices_registered_concurrently_all_go_live(stack: Stack) -> None:
+    im = stack.imkit
+    users = [f"u{i}" for i in range(200)]
+    for u in users:
+        im.create_user(u, u)
+    im.create_room("big", users[:50] + ["bob"])
+
+    async def register(u: str) -> int:
+        async with stack.bridge.client(im.issue_token(u)) as c:
+            kind, tok = ("ios", f"{users.index(u):064x}") if users.index(u) % 2 else ("fcm", f"fcm-{u}")
+            r = await c.post("/me/subscribe", json={"type": kind, "token": tok, "deviceId": f"dev-{u}"})
+            return r.status_code
+
+    codes = await asyncio.gather(*(register(u) for u in users))
+    assert codes == [200] * 200
+    await wait_for(lambda: im.live_sockets() == 200, 30, interval=0.05, message="200 live sockets")
+    pool = stack.bridge.bridge.pool
+    assert pool is not None
+    await wait_for(lambda: pool.session_counts()["live"] == 200, 10, message="200 live sessions")
+    await im.send_message("big", "bob", "hello everyone")
+    await wait_for(lambda: len([r for r in stack.apns.received if r.status == 200]) + len([r for r in stack.fcm.received if r.status == 200]) == 50, 15, message="50 pushes")
