@@ -1,0 +1,438 @@
+"""The APNs provider: sends one composed notification with aioapns and maps Apple's answer.
+
+Designed around aioapns 4.0's known behaviour (all fixes live in our protocol subclass or in
+per-instance attributes; nothing in the library is changed globally):
+
+- no per-request timeout: every send runs under ``asyncio.wait_for(..., timeout)``;
+- a hang when the server does not echo ``apns-id``: the end of the response stream now ends the
+  request (``Retry("connection")``), with the timeout as the backstop;
+- idle connections closed after 10 s: ``INACTIVITY_TIME`` is raised (``idle_timeout``);
+- per-stream entries kept until the connection closes: freed when the stream ends; a late answer
+  to a timed-out send is dropped (aioapns would ``set_result`` on the cancelled future and lose
+  the connection); and the whole client is recycled every ``recycle_sends`` sends or
+  ``recycle_after`` seconds as a backstop, after its in-flight sends finish;
+- HTTP/2 flow control: received data is never acknowledged (a connection stalls after ~64 KiB
+  of error bodies), and a burst larger than the send window raises ``FlowControlError`` after
+  the headers went out, leaking the stream; we acknowledge data as it arrives and hand out
+  stream slots only while the send window has room;
+- its own reconnect loop and error log line: one connection attempt per send (retrying is the
+  dispatcher's job) and a silent ``err_func``.
+
+Host and port are class attributes the pool reads (``protocol_class.APNS_SERVER``/``APNS_PORT``),
+so each client gets its own protocol subclass carrying them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+from aioapns import APNs, NotificationRequest, PushType
+from aioapns.common import NotificationResult
+from aioapns.connection import (
+    APNsDevelopmentClientProtocol,
+    APNsProductionClientProtocol,
+    APNsTLSClientProtocol,
+    ChannelPool,
+)
+from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
+from aioapns.exceptions import ConnectionError as ApnsConnectionError
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from h2.connection import H2Connection
+from h2.exceptions import H2Error, NoAvailableStreamIDError
+
+from bridge.config import Settings
+from bridge.models import Notification
+from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
+
+logger = logging.getLogger(__name__)
+
+_TOKEN_INVALID, _RETRY, _FAILED = "token_invalid", "retry", "failed"
+
+#: Apple's answers by (status, reason); (status, None) matches any reason of that status.
+#: Anything else: 5xx is retried, other statuses fail.
+RESULT_TABLE: dict[tuple[int, str | None], str] = {
+    (410, "Unregistered"): _TOKEN_INVALID,
+    (410, "ExpiredToken"): _TOKEN_INVALID,
+    (400, "BadDeviceToken"): _TOKEN_INVALID,
+    (400, "DeviceTokenNotForTopic"): _TOKEN_INVALID,
+    (429, None): _RETRY,
+}
+
+#: Exceptions that mean "the network or the connection", not "this notification": retry.
+_CONNECTION_ERRORS = (
+    ApnsConnectionError,
+    ConnectionClosed,
+    MaxAttemptsExceeded,
+    OSError,
+    H2Error,
+)
+
+
+def map_response(status: int, reason: str | None, retry_after: str | None = None) -> SendResult:
+    """Map one APNs answer (HTTP status, ``reason``, ``retry-after`` header) to a result kind."""
+    if status == 200:
+        return Delivered()
+    reason = reason or f"http_{status}"
+    kind = RESULT_TABLE.get((status, reason)) or RESULT_TABLE.get((status, None))
+    if kind is None:
+        kind = _RETRY if status >= 500 or reason == "Shutdown" else _FAILED
+    if kind == _TOKEN_INVALID:
+        return TokenInvalid(reason)
+    if kind == _RETRY:
+        return Retry(reason, _not_before(retry_after))
+    return Failed(reason)
+
+
+def _not_before(retry_after: str | None) -> float | None:
+    """``Retry-After`` (seconds or an HTTP date) as an epoch time."""
+    if not retry_after:
+        return None
+    if retry_after.strip().isdigit():
+        return time.time() + int(retry_after)
+    try:
+        return email.utils.parsedate_to_datetime(retry_after).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+#: Send window a request may need: h2's largest default DATA frame, well above Apple's 5 KiB.
+_SEND_WINDOW = 16_384
+
+
+class _Channels(ChannelPool):
+    """aioapns' stream slots, handed out only while the connection's send window has room.
+
+    aioapns sends the headers and then ``send_data`` raises ``FlowControlError`` on a burst,
+    leaving the stream (and its slot) open for good; waiting here avoids that.
+    """
+
+    def __init__(self, conn: H2Connection, bound: int) -> None:
+        super().__init__(bound)
+        self._conn = conn
+        self.window_opened = asyncio.Event()
+        self.closed = False
+
+    async def acquire(self) -> int:  # type: ignore[override]  # a stream id, as in aioapns
+        while True:
+            if self.closed:
+                raise ConnectionClosed("connection closed")
+            await asyncio.BoundedSemaphore.acquire(self)
+            if self._conn.outbound_flow_control_window >= _SEND_WINDOW:
+                break
+            self.release()
+            self.window_opened.clear()
+            await self.window_opened.wait()
+        # From here to aioapns' send_data nothing awaits, so the window is still there then.
+        self._stream_id += 2
+        if self._stream_id > H2Connection.HIGHEST_ALLOWED_STREAM_ID:
+            raise NoAvailableStreamIDError()
+        return self._stream_id
+
+
+class _Protocol(APNsTLSClientProtocol):
+    """aioapns' connection protocol with our endpoint and idle timeout, and the fixes above.
+
+    Per-client subclasses (see :func:`_protocol_class`) set the class attributes. Besides flow
+    control: keep ``retry-after``; skip requests whose send our timeout cancelled (aioapns would
+    call ``set_result`` on them and lose the connection); end a request whose stream ended
+    without an answer it could match (no ``apns-id`` echoed), which also frees the per-stream
+    entry aioapns otherwise keeps until the connection closes.
+    """
+
+    retry_after: ClassVar[dict[str, str]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.free_channels: _Channels = _Channels(self.conn, 1000)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.outbound_flow_control_window >= _SEND_WINDOW:
+            self.free_channels.window_opened.set()
+
+    def _abandoned(self, notification_id: str) -> bool:
+        """Forget a request nobody waits for any more (its send timed out)."""
+        future = self.requests.get(notification_id)
+        if future is None or not future.done():
+            return False
+        del self.requests[notification_id]
+        self.request_statuses.pop(notification_id, None)
+        self.retry_after.pop(notification_id, None)
+        return True
+
+    def on_response_received(self, headers: dict[bytes, bytes]) -> None:
+        apns_id = headers.get(b"apns-id", b"").decode("utf8")
+        if self._abandoned(apns_id):
+            return
+        value = headers.get(b"retry-after")
+        if value is not None:
+            self.retry_after[apns_id] = value.decode("latin-1")
+        super().on_response_received(headers)
+
+    def on_data_received(self, raw_data: bytes, stream_id: int) -> None:
+        # aioapns never returns flow-control credit, so ~64 KiB of error bodies would stall the
+        # connection; data_received flushes the WINDOW_UPDATE this queues.
+        self.conn.acknowledge_received_data(len(raw_data), stream_id)
+        notification_id = self.request_streams.get(stream_id)
+        if notification_id is None or notification_id not in self.request_statuses:
+            return  # unmatched (no apns-id echoed): on_stream_ended ends the request
+        if self._abandoned(notification_id) or notification_id not in self.requests:
+            del self.request_streams[stream_id]
+            return
+        super().on_data_received(raw_data, stream_id)
+
+    def on_stream_ended(self, stream_id: int) -> None:
+        notification_id = self.request_streams.pop(stream_id, None)
+        future = self.requests.pop(notification_id, None) if notification_id else None
+        if future is not None and not future.done():
+            future.set_exception(ConnectionClosed("stream ended without a matching answer"))
+        if notification_id:
+            self.request_statuses.pop(notification_id, None)
+        super().on_stream_ended(stream_id)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.requests = {k: f for k, f in self.requests.items() if not f.done()}
+        self.free_channels.closed = True
+        self.free_channels.window_opened.set()
+        super().connection_lost(exc)
+
+
+def _time_to_live(expiration: int | None) -> int | None:
+    """aioapns takes a TTL, Apple an epoch: 0 ("now or never") becomes an expiration of now."""
+    return None if expiration is None else max(0, expiration - int(time.time()))
+
+
+def _context(n: Notification) -> dict[str, Any]:
+    return {"device_id": n.device_id, "push_id": n.push_id, "provider": "apns"}
+
+
+def _protocol_class(
+    host: str, port: int, idle_timeout: float, retry_after: dict[str, str]
+) -> type[_Protocol]:
+    attrs: dict[str, Any] = {
+        "APNS_SERVER": host,
+        "APNS_PORT": port,
+        "INACTIVITY_TIME": idle_timeout,
+        "retry_after": retry_after,
+    }
+    return cast(type[_Protocol], type("ApnsBridgeProtocol", (_Protocol,), attrs))
+
+
+def _check_credentials(key: str | None, cert_file: str | None) -> None:
+    """Fail at start-up, not on every send, when the key or certificate cannot be used."""
+    if key is not None:
+        try:
+            loaded = serialization.load_pem_private_key(key.encode(), password=None)
+        except (ValueError, TypeError):
+            raise ValueError("the APNs key is not an unencrypted PEM (.p8) private key") from None
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey) or loaded.curve.name != "secp256r1":
+            raise ValueError("the APNs key must be a P-256 (ES256) key")
+    if cert_file is not None:
+        try:
+            ssl.create_default_context().load_cert_chain(cert_file)
+        except (OSError, ValueError):
+            raise ValueError(
+                "the APNs certificate file must be a PEM with certificate and key"
+            ) from None
+
+
+@dataclass(eq=False)
+class _Generation:
+    """One aioapns client and its bookkeeping until it is recycled."""
+
+    client: APNs
+    retry_after: dict[str, str]
+    started: float = field(default_factory=time.monotonic)
+    sends: int = 0
+    inflight: int = 0
+    retired: bool = False
+
+
+class ApnsProvider:
+    """Sends to APNs with token auth (``.p8`` key) or certificate auth. See :meth:`from_settings`.
+
+    ``key`` is the PEM text of the signing key; ``cert_file`` a PEM with certificate and key.
+    ``host``/``port`` override Apple's endpoint; ``ca_file`` adds a CA to trust.
+    """
+
+    name = "apns"
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        key: str | None = None,
+        key_id: str | None = None,
+        team_id: str | None = None,
+        cert_file: str | None = None,
+        sandbox: bool = False,
+        host: str | None = None,
+        port: int | None = None,
+        ca_file: str | None = None,
+        timeout: float = 10.0,
+        idle_timeout: float = 600.0,
+        recycle_sends: int = 100_000,
+        recycle_after: float = 1800.0,
+        max_connections: int = 10,
+    ) -> None:
+        if (key is None) == (cert_file is None) or (key is not None and not (key_id and team_id)):
+            raise ValueError("APNs needs either key, key_id and team_id, or cert_file")
+        _check_credentials(key, cert_file)
+        default = APNsDevelopmentClientProtocol if sandbox else APNsProductionClientProtocol
+        self.topic = topic
+        self._key = key
+        self._key_id = key_id
+        self._team_id = team_id
+        self._cert_file = cert_file
+        self._host = host or default.APNS_SERVER
+        self._port = port or default.APNS_PORT
+        self._ca_file = ca_file
+        self._timeout = timeout
+        self._idle_timeout = idle_timeout
+        self._recycle_sends = recycle_sends
+        self._recycle_after = recycle_after
+        self._max_connections = max_connections
+        self._current: _Generation | None = None
+        self._retired: set[_Generation] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ApnsProvider(topic={self.topic!r}, host={self._host!r}, port={self._port!r})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApnsProvider:
+        """Build from ``BRIDGE_APNS_*``; raises ``ValueError`` when APNs is not configured."""
+        if not settings.apns_topic or not settings.apns_configured:
+            raise ValueError(
+                "APNs is not configured (BRIDGE_APNS_KEY_FILE or BRIDGE_APNS_CERT_FILE)"
+            )
+        key = None
+        if settings.apns_key_file and not settings.apns_cert_file:
+            key = Path(settings.apns_key_file).read_text(encoding="utf-8")
+        return cls(
+            topic=settings.apns_topic,
+            key=key,
+            key_id=settings.apns_key_id,
+            team_id=settings.apns_team_id,
+            cert_file=None if key is not None else settings.apns_cert_file,
+            sandbox=settings.apns_sandbox,
+            host=settings.apns_host,
+            port=settings.apns_port,
+            ca_file=settings.apns_ca_file,
+            timeout=settings.push_timeout,
+        )
+
+    @property
+    def connections(self) -> int:
+        """Open connections across the current and retiring clients."""
+        gens = [*self._retired, *([self._current] if self._current else [])]
+        return sum(len(g.client.pool.connections) for g in gens)
+
+    async def send(self, notification: Notification) -> SendResult:
+        """Send once under the timeout and map the answer; never raises for APNs or the network."""
+        req = notification.apns
+        if req is None:
+            return Failed("no_apns_request")
+        if self._closed:
+            return Retry("provider_closed")
+        topic = req.topic or self.topic
+        if req.topic is None and req.push_type == "voip" and not topic.endswith(".voip"):
+            topic += ".voip"
+        request = NotificationRequest(
+            device_token=notification.token,
+            message=req.payload,
+            time_to_live=_time_to_live(req.expiration),
+            priority=req.priority,
+            collapse_key=req.collapse_id,
+            push_type=PushType(req.push_type),
+            apns_topic=topic,
+        )
+        gen = self._generation()
+        gen.sends += 1
+        gen.inflight += 1
+        try:
+            response: NotificationResult = await asyncio.wait_for(
+                gen.client.send_notification(request), self._timeout
+            )
+        except TimeoutError:
+            return Retry("timeout")
+        except _CONNECTION_ERRORS as exc:
+            logger.debug(
+                "APNs connection trouble: %s", type(exc).__name__, extra=_context(notification)
+            )
+            return Retry("connection")
+        except Exception as exc:  # a bug or a broken credential: never let it reach the dispatcher
+            logger.error("APNs send failed: %s", type(exc).__name__, extra=_context(notification))
+            return Failed("internal_error")
+        finally:
+            gen.inflight -= 1
+            if gen.retired and gen.inflight == 0:
+                self._close_generation(gen)
+        result = map_response(
+            int(response.status or 0),
+            response.description,
+            gen.retry_after.pop(request.notification_id, None),
+        )
+        return Delivered(request.notification_id) if isinstance(result, Delivered) else result
+
+    async def close(self) -> None:
+        """Close every connection; later sends answer ``Retry("provider_closed")``."""
+        self._closed = True
+        for gen in [*self._retired, *([self._current] if self._current else [])]:
+            self._close_generation(gen)
+        self._current = None
+
+    def _generation(self) -> _Generation:
+        gen = self._current
+        if gen is not None and (
+            gen.sends >= self._recycle_sends
+            or time.monotonic() - gen.started >= self._recycle_after
+        ):
+            logger.info("Recycling the APNs client after %d sends", gen.sends)
+            gen.retired = True
+            if gen.inflight:
+                self._retired.add(gen)
+            else:
+                self._close_generation(gen)
+            gen = None
+        if gen is None:
+            gen = self._current = self._new_generation()
+        return gen
+
+    def _new_generation(self) -> _Generation:
+        ctx = ssl.create_default_context()
+        if self._ca_file:
+            ctx.load_verify_locations(self._ca_file)
+        ctx.set_alpn_protocols(["h2"])
+
+        async def quiet(_request: NotificationRequest, _result: NotificationResult) -> None:
+            """Replaces aioapns' error log line per failed send: results are ours to report."""
+
+        client = APNs(
+            client_cert=self._cert_file,
+            key=self._key,
+            key_id=self._key_id,
+            team_id=self._team_id,
+            topic=self.topic,
+            max_connections=self._max_connections,
+            max_connection_attempts=1,
+            ssl_context=ctx,
+            err_func=quiet,
+        )
+        retry_after: dict[str, str] = {}
+        client.pool.protocol_class = _protocol_class(
+            self._host, self._port, self._idle_timeout, retry_after
+        )
+        return _Generation(client, retry_after)
+
+    def _close_generation(self, gen: _Generation) -> None:
+        self._retired.discard(gen)
+        gen.client.pool.close()
