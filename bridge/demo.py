@@ -168,32 +168,48 @@ async def _scenario(say: _Narrator, http: httpx.AsyncClient, imkit: Any, apns: A
                         line += f" in {res['latency'] * 1000:.0f} ms"
                 say(line)
 
-    def last_payloads() -> None:
-        if apns.received:
-            a = apns.received[-1]
-            alert = a.payload.get("aps", {}).get("alert", {})
-            say(f"  APNs got: push-type={a.headers.get('apns-push-type')} alert={json.dumps(alert, ensure_ascii=False)} badge={a.payload.get('aps', {}).get('badge')}")
+    printed = {"apns": 0, "fcm": 0}
+
+    def new_payloads() -> None:
+        """Print what the simulated providers received since the last call."""
+        for a in apns.received[printed["apns"] :]:
+            aps = a.payload.get("aps", {})
+            what = f"alert={json.dumps(aps.get('alert'), ensure_ascii=False)}" if "alert" in aps else "silent"
+            say(f"  APNs got: status={a.status} push-type={a.headers.get('apns-push-type')} {what} badge={aps.get('badge')}")
             if say.verbose:
-                say("  " + json.dumps(a.payload, ensure_ascii=False))
-        if fcm.received:
-            f = fcm.received[-1]
+                say("    " + json.dumps(a.payload, ensure_ascii=False))
+        for f in fcm.received[printed["fcm"] :]:
             data = f.message.get("data", {})
-            say(f"  FCM got:  title={data.get('title')!r} body={data.get('body')!r} type={data.get('type')!r} loc-key={data.get('loc-key')!r}")
+            if data.get("type") == "badge":
+                say(f"  FCM got:  status={f.status} silent badge={data.get('badge')}")
+            else:
+                say(f"  FCM got:  status={f.status} title={data.get('title')!r} body={data.get('body')!r} type={data.get('type')!r} loc-key={data.get('loc-key')!r} badge={data.get('badge')}")
             if say.verbose:
-                say("  " + json.dumps(f.message, ensure_ascii=False))
+                say("    " + json.dumps(f.message, ensure_ascii=False))
+        printed["apns"], printed["fcm"] = len(apns.received), len(fcm.received)
+
+    async def providers_got(n_apns: int, n_fcm: int) -> None:
+        want = (printed["apns"] + n_apns, printed["fcm"] + n_fcm)
+
+        async def done() -> bool:
+            return (len(apns.received), len(fcm.received)) >= want
+
+        await _wait(done, 10, "the simulated providers")
+        new_payloads()
 
     say.step("Both apps are in the background; Bob writes in #general")
     for d in devices:
         await http.post("/me/state", json={"deviceId": d, "state": "background"})
     first = await imkit.send_message("general", "bob", "Hi Alice! Lunch at noon?")
     await show(1)
-    last_payloads()
+    await providers_got(1, 1)
 
     say.step("Alice opens the app on her iPhone (foreground); Bob writes again")
     r = await http.post("/me/state", json={"deviceId": "alice-iphone", "state": "foreground", "ttl": 120})
     say(f"POST /me/state iPhone foreground (ttl 120 s) → {r.status_code}")
     await imkit.send_message("general", "bob", "Are you there?")
     await show(1)
+    await providers_got(0, 1)
 
     say.step("Alice mutes #random; Bob writes there")
     await imkit.mute("alice", "random", True)
@@ -205,16 +221,17 @@ async def _scenario(say: _Narrator, http: httpx.AsyncClient, imkit: Any, apns: A
     await imkit.edit_message(first["_id"], "Hi Alice! Lunch at 12:30?")
     await show(1)
 
-    say.step("Carol invites Alice to 'Party planning'")
+    say.step("Alice leaves the app; Carol invites her to 'Party planning'")
+    r = await http.post("/me/state", json={"deviceId": "alice-iphone", "state": "background"})
+    say(f"POST /me/state iPhone background → {r.status_code}")
     await imkit.invite("party", "carol", "alice")
     await show(1)
-    last_payloads()
+    await providers_got(1, 1)
 
     say.step("Alice reads #general on her laptop: the badge is updated silently")
     await imkit.read("alice", "general")
     await show(1)
-    await asyncio.sleep(0)
-    last_payloads()
+    await providers_got(1, 1)
 
     say.step("Done")
     say(f"APNs received {len(apns.received)} request(s), FCM received {len(fcm.received)} request(s)")

@@ -104,6 +104,15 @@ class Bridge:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.disable_registration(n.device_id, n.push_type, reason)
 
+    async def device_changed(self, device_id: str) -> None:
+        """Called by the API after a write: a pool in this process applies it before the reply.
+
+        The change feed would deliver it too, a moment later; applying it now means an app that
+        said "foreground" is never pushed for a message that arrives right after the reply.
+        """
+        if self.pool is not None:
+            await self.pool.apply_change(device_id)
+
     async def start(self) -> None:
         """Open the store, start the dispatcher, then the pool (so pushes have somewhere to go)."""
         await self.store.open()

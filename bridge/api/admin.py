@@ -89,4 +89,5 @@ async def get_device(deviceId: str, ctx: Admin) -> dict[str, Any]:
 async def delete_device(deviceId: str, ctx: Admin) -> dict[str, Any]:
     if not await ctx.bridge.store.delete_device(deviceId):
         raise ApiError(404, "NOT_FOUND", "no such device")
+    await ctx.bridge.device_changed(deviceId)
     return ok({"n": 1, "ok": 1})

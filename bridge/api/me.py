@@ -72,6 +72,7 @@ async def subscribe(body: SubscribeBody, request: Request, ctx: Ctx) -> dict[str
         device.foreground_until = _foreground_until(ctx, body.state, body.ttl)
     device.updated_at = now
     await store.put_device(device)
+    await ctx.bridge.device_changed(device.device_id)
     log.info("device subscribed", extra={"device_id": device.device_id, "push_type": body.type})
     return ok(device_view(device, _status(ctx, device.device_id)))
 
@@ -90,6 +91,7 @@ async def unsubscribe(body: UnsubscribeBody, request: Request, ctx: Ctx) -> dict
         await store.put_device(device)
     else:
         await store.delete_device(device.device_id)
+    await ctx.bridge.device_changed(device.device_id)
     log.info("device unsubscribed", extra={"device_id": device.device_id, "push_type": body.type})
     return ok({"n": 1, "ok": 1})
 
@@ -102,6 +104,7 @@ async def set_state(body: StateBody, request: Request, ctx: Ctx) -> dict[str, An
     until = _foreground_until(ctx, body.state, body.ttl)
     if not await ctx.bridge.store.set_app_state(body.deviceId, AppState(body.state), until):
         raise _not_found()
+    await ctx.bridge.device_changed(body.deviceId)
     return ok({"deviceId": body.deviceId, "state": body.state, "foregroundUntil": until})
 
 

@@ -284,6 +284,10 @@ class WorkerPool:
             except Exception:
                 log.exception("pool tick failed")
 
+    async def apply_change(self, device_id: str) -> None:
+        """Bring one device's session in line with the store now (idempotent)."""
+        await self._apply_upsert(device_id)
+
     async def _apply_upsert(self, device_id: str) -> None:
         if self._closing:
             return
@@ -310,7 +314,12 @@ class WorkerPool:
             # The device changed hands: a fresh session under the new user.
             await self._remove(device_id)
             self._open(device)
-        elif device.token_version != old.token_version or device.client_token != old.client_token:
+        elif (
+            device.token_version != old.token_version
+            or device.client_token != old.client_token
+            # The API verified this token with IMKIT before writing: a parked session may retry.
+            or rt.session.state is SessionState.AUTH_FAILED
+        ):
             rt.session.update_token(device.client_token)
 
     def _open(self, device: Device) -> None:
