@@ -38,9 +38,10 @@ from bridge.upstream.protocol import (
     RoomPref,
 )
 from bridge.upstream.ratelimit import ConnectLimiter
-from bridge.upstream.rest import ImkitRest, InvalidToken, UpstreamUnavailable
+from bridge.upstream.rest import ImkitRest, InvalidToken, RequestRejected, UpstreamUnavailable
 from bridge.upstream.session import UpstreamSession
 from bridge.upstream.transport import make_http_session
+from bridge.worker.backfill import RoomSummary, fetch_missed, plan_backfill
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class EventRecord:
     reason: str
     message_id: str | None = None
     version_ms: int = 0
+    source: str = "live"
     push_ids: list[str] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
 
@@ -93,6 +95,7 @@ class EventRecord:
             "room": self.room,
             "decision": self.decision,
             "reason": self.reason,
+            "source": self.source,
             "results": list(self.results),
         }
 
@@ -124,6 +127,31 @@ class DeviceRuntime:
     history: deque[EventRecord] = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
     last_result: dict[str, Any] | None = None
     was_live: bool = False
+    #: Newest chat message (version ms, id) this device has decided on, live or backfilled.
+    high_water: tuple[int, str] | None = None
+    #: Pushes handed to the dispatcher and not answered yet: push id -> message version ms.
+    pending: dict[str, int] = field(default_factory=dict)
+    #: The checkpoint last written to the store.
+    saved_ms: int = 0
+    #: Last message id seen per room: exact anchors for the backfill after a reconnect.
+    anchors: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    backfilling: bool = False
+
+    def note_message(self, msg: Message) -> None:
+        if self.high_water is None or msg.version_ms >= self.high_water[0]:
+            self.high_water = (msg.version_ms, msg.id)
+        self.anchors[msg.room] = msg.id
+        self.anchors.move_to_end(msg.room)
+        while len(self.anchors) > 500:
+            self.anchors.popitem(last=False)
+
+    def safe_checkpoint(self) -> tuple[int, str] | None:
+        """Everything at or before this was handled: pushed to a provider, or not to be pushed."""
+        if self.high_water is None:
+            return None
+        if self.pending:
+            return (min(self.pending.values()) - 1, self.high_water[1])
+        return self.high_water
 
 
 def result_dict(n: Notification, result: SendResult) -> dict[str, Any]:
@@ -175,6 +203,7 @@ class WorkerPool:
         self._platform_counts: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh_sem = asyncio.Semaphore(20)
+        self._backfill_sem = asyncio.Semaphore(8)
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         self.running = False
@@ -188,6 +217,7 @@ class WorkerPool:
         self._tasks.append(asyncio.create_task(self._follow_changes(), name="pool-changes"))
         await self.reconcile()
         self._tasks.append(asyncio.create_task(self._tick(), name="pool-tick"))
+        self._tasks.append(asyncio.create_task(self._flush_loop(), name="pool-checkpoints"))
         self.running = True
         log.info("worker pool started", extra={"worker": self.worker_id, "devices": len(self._runtimes)})
 
@@ -202,6 +232,8 @@ class WorkerPool:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        with contextlib.suppress(Exception):
+            await self.flush_checkpoints()
         runtimes = list(self._runtimes.values())
         self._runtimes.clear()
         if runtimes:
@@ -287,6 +319,14 @@ class WorkerPool:
     async def apply_change(self, device_id: str) -> None:
         """Bring one device's session in line with the store now (idempotent)."""
         await self._apply_upsert(device_id)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.flush_checkpoints()
+            except Exception:
+                log.exception("checkpoint flush failed")
 
     async def _apply_upsert(self, device_id: str) -> None:
         if self._closing:
@@ -394,8 +434,18 @@ class WorkerPool:
             self._metrics.upstream_reconnects.labels(reason).inc()
         rt = self._runtimes.get(session.device_id)
         if state is SessionState.LIVE and rt is not None and rt.session is session:
-            rt.was_live = True
-            self._spawn(self._refresh_user(rt.device.client_id, min_age=USER_REFRESH_MIN_AGE))
+            self._spawn(self._after_live(rt))
+
+    async def _after_live(self, rt: DeviceRuntime) -> None:
+        """On every (re)connect: refresh the user's mute list and badge, then catch up on the gap."""
+        await self._refresh_user(rt.device.client_id, min_age=USER_REFRESH_MIN_AGE)
+        if rt.was_live and rt.high_water is not None:
+            since = rt.high_water[0]  # a reconnect: everything up to what we saw live is handled
+        else:
+            saved = rt.device.checkpoint_ms
+            since = saved if saved is not None else int(rt.device.created_at * 1000)
+        rt.was_live = True
+        await self._backfill(rt, since)
 
     def _set_state_count(self, state: SessionState, delta: int) -> None:
         n = max(0, self._state_counts[state] + delta)
@@ -405,9 +455,10 @@ class WorkerPool:
     def _on_malformed(self, event: str) -> None:
         self._metrics.upstream_malformed.labels(event).inc()
 
-    async def _on_event(self, rt: DeviceRuntime, name: str, payload: Any) -> None:
+    async def _on_event(self, rt: DeviceRuntime, name: str, payload: Any, source: str = "live") -> None:
         received_at = time.monotonic()
-        self._metrics.upstream_events.labels(name).inc()
+        if source == "live":
+            self._metrics.upstream_events.labels(name).inc()
         device = rt.device
         user = self._users.setdefault(device.client_id, UserState(device.client_id))
         if isinstance(payload, RoomPref):
@@ -446,9 +497,11 @@ class WorkerPool:
             decision="pushed" if decision.push else "suppressed",
             reason=decision.reason.value,
         )
+        record.source = source
         if isinstance(payload, Message):
             record.message_id = payload.id
             record.version_ms = payload.version_ms
+            rt.note_message(payload)
         rt.history.append(record)
         if decision.push and isinstance(payload, Message | Invitation):
             await self._push(rt, user, payload, record, received_at)
@@ -491,8 +544,81 @@ class WorkerPool:
                 continue
             n = _notification(device.device_id, reg.type, reg.token, kind, ident, req, received_at)
             record.push_ids.append(n.push_id)
+            if isinstance(payload, Message):
+                rt.pending[n.push_id] = payload.version_ms
             if not await self._dispatcher.submit(n):
+                rt.pending.pop(n.push_id, None)
                 record.results.append({"type": reg.type, "outcome": "duplicate"})
+
+    async def _backfill(self, rt: DeviceRuntime, since_ms: int) -> None:
+        """Fetch what the device missed since ``since_ms`` and push it like live events."""
+        device = rt.device
+        settings = self._settings
+        now = time.time()
+        if rt.backfilling or device.effective_state(now) is AppState.FOREGROUND or not device.active_registrations:
+            return
+        now_ms = int(now * 1000)
+        max_age_ms = int(settings.backfill_max_age * 1000)
+        since_ms = max(since_ms, now_ms - max_age_ms)
+        user = self._users.setdefault(device.client_id, UserState(device.client_id))
+        rt.backfilling = True
+        try:
+            async with self._backfill_sem:
+                missed = await fetch_missed(self._rest, device.client_token, since_ms=since_ms, anchors=dict(rt.anchors))
+        except (InvalidToken, UpstreamUnavailable, RequestRejected) as exc:
+            log.info("backfill skipped", extra={"device_id": device.device_id, "error": type(exc).__name__})
+            rt.backfilling = False
+            return
+        try:
+            if missed.malformed:
+                self._metrics.upstream_malformed.labels("backfill").inc(missed.malformed)
+            for rid, name in missed.room_names.items():
+                user.remember_room(rid, name)
+            view = UserView(device.client_id, user.muted, user.notifications_enabled)
+            background = DeviceView(AppState.BACKGROUND, has_active_token=True)
+
+            def pushable(m: Message) -> bool:
+                return decide("chat message", m, user=view, device=background, seen=rt.seen, system_messages=settings.system_messages).push
+
+            plan = plan_backfill(missed, now_ms=now_ms, max_age_ms=max_age_ms, room_cap=settings.backfill_room_cap, pushable=pushable, seen=rt.seen)
+            for msg in plan.messages:
+                await self._on_event(rt, "chat message", msg, source="backfill")
+            for inv in plan.invitations:
+                await self._on_event(rt, "invitation", inv, source="backfill")
+            for summary in plan.summaries:
+                await self._push_summary(rt, user, summary)
+            for msgs in missed.rooms.values():
+                for m in msgs:
+                    rt.note_message(m)
+            if plan.messages or plan.summaries or plan.invitations:
+                log.info(
+                    "backfilled",
+                    extra={"device_id": device.device_id, "messages": len(plan.messages), "summaries": len(plan.summaries), "invitations": len(plan.invitations), "too_old": plan.skipped_old},
+                )
+        finally:
+            rt.backfilling = False
+
+    async def _push_summary(self, rt: DeviceRuntime, user: UserState, summary: RoomSummary) -> None:
+        device = rt.device
+        now = time.time()
+        record = EventRecord(
+            at=now, event="summary", id=summary.newest.id, room=summary.room_id, decision="pushed",
+            reason=Reason.PUSHED.value, message_id=summary.newest.id, version_ms=summary.newest.version_ms, source="backfill",
+        )
+        rt.history.append(record)
+        rt.seen.add(f"m:{summary.newest.id}")
+        rt.note_message(summary.newest)
+        regs = {r.type: r for r in device.active_registrations}
+        for push_type in route("summary", None, regs):
+            reg = regs[push_type]
+            target = compose.Target(push_type=reg.type, locale=device.locale, badge=user.badge, content=self._settings.push_content)
+            req = compose.compose_summary(summary.room_id, summary.count, target, now=now, room_name=summary.room_name or user.room_names.get(summary.room_id))
+            ident = f"{summary.room_id}:{summary.newest.id}"
+            n = _notification(device.device_id, reg.type, reg.token, "summary", ident, req, time.monotonic())
+            record.push_ids.append(n.push_id)
+            rt.pending[n.push_id] = summary.newest.version_ms
+            if not await self._dispatcher.submit(n):
+                rt.pending.pop(n.push_id, None)
 
     async def _read_elsewhere(self, rt: DeviceRuntime) -> None:
         """The user read a room on another device: refresh the badge and update it silently."""
@@ -548,22 +674,25 @@ class WorkerPool:
         info = result_dict(n, result)
         info["latency"] = round(latency, 4)
         rt.last_result = info
+        if not isinstance(result, Retry):
+            rt.pending.pop(n.push_id, None)
         for record in reversed(rt.history):
             if n.push_id in record.push_ids:
                 record.results.append(info)
-                if record.message_id and isinstance(result, Delivered | TokenInvalid | Failed):
-                    await self._checkpoint(rt, record)
                 break
 
-    async def _checkpoint(self, rt: DeviceRuntime, record: EventRecord) -> None:
-        device = rt.device
-        if record.message_id is None or (device.checkpoint_ms or 0) > record.version_ms:
-            return
-        device.checkpoint_id, device.checkpoint_ms = record.message_id, record.version_ms
-        try:
-            await self._store.set_checkpoint(device.device_id, record.message_id, record.version_ms)
-        except StoreUnavailable as exc:
-            log.warning("checkpoint not saved", extra={"device_id": device.device_id, "error": str(exc)})
+    async def flush_checkpoints(self) -> None:
+        """Persist each device's safe checkpoint when it moved (called every second and at close)."""
+        for rt in list(self._runtimes.values()):
+            cp = rt.safe_checkpoint()
+            if cp is None or cp[0] <= rt.saved_ms:
+                continue
+            try:
+                await self._store.set_checkpoint(rt.device.device_id, cp[1], cp[0])
+            except StoreUnavailable as exc:
+                log.warning("checkpoints not saved: %s", exc)
+                return
+            rt.saved_ms = cp[0]
 
     async def handle_token_invalid(self, n: Notification, reason: str) -> None:
         """A provider said the token is dead: disable that registration in the store."""

@@ -267,3 +267,49 @@ async def test_200_devices_registered_concurrently_all_go_live(stack: Stack) -> 
     await wait_for(lambda: pool.session_counts()["live"] == 200, 10, message="200 live sessions")
     await im.send_message("big", "bob", "hello everyone")
     await wait_for(lambda: len([r for r in stack.apns.received if r.status == 200]) + len([r for r in stack.fcm.received if r.status == 200]) == 50, 15, message="50 pushes")
+
+
+async def test_backfill_after_a_gap_pushes_each_missed_message_once(stack: Stack) -> None:
+    im = stack.imkit
+    await stack.subscribe("iphone", "ios", IOS)
+    await stack.wait_live("iphone")
+    await im.send_message("r1", "bob", "before the gap")
+    await wait_for(lambda: len(stack.delivered_apns()) == 1, 10, message="first push")
+
+    # A gap: IMKIT drops every socket and refuses reconnects while messages keep coming.
+    im.refuse_connections(1.0)
+    await im.drop_all_sockets()
+    await wait_for(lambda: im.live_sockets("alice") == 0, 5, message="socket dropped")
+    missed = [await im.send_message("r1", "bob", f"missed {i}") for i in range(3)]
+    for i in range(7):  # over the per-room cap (5): one summary instead of seven
+        await im.send_message("r2", "bob", f"busy {i}")
+    await stack.wait_live("iphone")
+
+    await wait_for(lambda: len(stack.delivered_apns()) == 1 + 3 + 1, 10, message="3 backfilled + 1 summary")
+    pushed = stack.delivered_apns()[1:]
+    singles = [json.loads(p.payload["payload"])["_id"] for p in pushed if p.payload["aps"]["alert"]["loc-key"] == "im_loc_text"]
+    assert singles == [m["_id"] for m in missed]
+    summary = [p for p in pushed if p.payload["aps"]["alert"]["loc-key"] == "im_loc_summary"]
+    assert len(summary) == 1 and summary[0].payload["aps"]["alert"]["loc-args"] == ["7"]
+
+    # A live message after the backfill still arrives once, and nothing was pushed twice.
+    await im.send_message("r1", "bob", "after")
+    await wait_for(lambda: len(stack.delivered_apns()) == 6, 10, message="live push after backfill")
+    ids = [p.headers.get("apns-collapse-id") for p in stack.delivered_apns()]
+    assert len(ids) == len(set(ids))
+    events = (await stack.device("iphone"))["events"]
+    assert {e["source"] for e in events} == {"live", "backfill"}
+
+
+async def test_no_backfill_while_foreground(stack: Stack) -> None:
+    im = stack.imkit
+    await stack.subscribe("iphone", "ios", IOS, state="foreground", ttl=600)
+    await stack.wait_live("iphone")
+    im.refuse_connections(0.5)
+    await im.drop_all_sockets()
+    await im.send_message("r1", "bob", "seen in the app")
+    await stack.wait_live("iphone")
+    await im.send_message("r1", "bob", "live while open")
+    events = await stack.wait_event("iphone", 1)
+    assert events[0]["reason"] == "foreground"
+    assert stack.delivered_apns() == []
