@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from bridge.models import AppState, Device
 
@@ -58,6 +58,15 @@ class Store(Protocol):
         """Remember the last message handed to a provider. Publishes nothing."""
 
     async def count_client_devices(self, client_id: str) -> int: ...
+
+    async def put_status(self, device_id: str, status: dict[str, Any]) -> None:
+        """Publish what a worker knows of a device (session state, recent decisions) for the API.
+
+        Only stores shared by several processes keep it; the embedded store may ignore it.
+        """
+
+    async def get_status(self, device_id: str) -> dict[str, Any] | None:
+        """The last status a worker published for the device, if any."""
 
     async def list_devices(
         self,
