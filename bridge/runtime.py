@@ -6,18 +6,22 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bridge._backoff import Backoff
 from bridge.config import Settings
 from bridge.metrics import Metrics
 from bridge.models import Notification
+from bridge.push.claims import Claims
 from bridge.push.dispatcher import Dispatcher
 from bridge.push.provider import Provider, SendResult
 from bridge.store.base import Store, StoreUnavailable
 from bridge.store.factory import make_store
 from bridge.upstream.rest import ImkitRest
 from bridge.worker.pool import WorkerPool
+
+if TYPE_CHECKING:
+    from bridge.worker.coordinator import ShardCoordinator
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +74,20 @@ class Bridge:
         self.providers, self.provider_problems = make_providers(settings)
         self.pool: WorkerPool | None = None
         self.worker_id = settings.worker_id or f"{socket.gethostname()}-{id(self) & 0xFFFF:04x}"
+        self._redis: Any = None
+        claims: Claims | None = None
+        if settings.store_is_redis and role in ("serve", "worker"):
+            import redis.asyncio as aioredis
+
+            from bridge.worker.shard import RedisClaims
+
+            self._redis = aioredis.from_url(settings.store, socket_timeout=5, socket_connect_timeout=5)
+            # Two workers may overlap during a hand-over: a key per (device, message) in Redis.
+            claims = RedisClaims(self._redis)
         self.dispatcher = Dispatcher(
             self.providers,
             metrics=self.metrics,
+            claims=claims,
             queue_size=settings.queue_size,
             concurrency=settings.push_concurrency,
             max_age=settings.push_max_age,
@@ -82,6 +97,7 @@ class Bridge:
             on_result=self._on_result,
             on_token_invalid=self._on_token_invalid,
         )
+        self.coordinator: ShardCoordinator | None = None
         if role in ("serve", "worker"):
             self.pool = WorkerPool(
                 settings,
@@ -90,8 +106,30 @@ class Bridge:
                 rest=self.rest,
                 metrics=self.metrics,
                 worker_id=self.worker_id,
+                claims_shared=settings.store_is_redis,
             )
+            if settings.store_is_redis:
+                self._shard(settings)
         self.started = False
+        self._coordinator_task: asyncio.Task[None] | None = None
+
+    def _shard(self, settings: Settings) -> None:
+        """Several workers share the devices: leases, heartbeats and at-most-once claims in Redis."""
+
+        from bridge.worker.coordinator import ShardCoordinator
+        from bridge.worker.shard import Leases, Membership
+
+        assert self.pool is not None
+        ttl = settings.lease_ttl
+        self.coordinator = ShardCoordinator(
+            self.pool,
+            membership=Membership(self._redis, self.worker_id, ttl=ttl),
+            leases=Leases(self._redis, self.worker_id, ttl=ttl),
+            device_ids=self.store.all_device_ids,
+            tick=max(0.1, ttl / 5),
+            metrics=self.metrics,
+        )
+        self.pool.on_new_device = self.coordinator.on_device_change
 
     async def _on_result(self, n: Notification, result: SendResult) -> None:
         if self.pool is not None:
@@ -113,19 +151,41 @@ class Bridge:
         if self.pool is not None:
             await self.pool.apply_change(device_id)
 
+    async def device_status(self, device_id: str) -> dict[str, Any] | None:
+        """Session state and recent decisions: from this process's pool, else as published."""
+        if self.pool is not None:
+            status = self.pool.device_status(device_id)
+            if status is not None or self.coordinator is None:
+                return status
+        try:
+            return await self.store.get_status(device_id)
+        except StoreUnavailable:
+            return None
+
     async def start(self) -> None:
         """Open the store, start the dispatcher, then the pool (so pushes have somewhere to go)."""
         await self.store.open()
         await self.dispatcher.start()
         if self.pool is not None:
             await self.pool.start()
+        if self.coordinator is not None:
+            self._coordinator_task = asyncio.create_task(self.coordinator.run(), name="shard-coordinator")
         self.started = True
 
     async def close(self) -> None:
         """Close in reverse: sessions first, then drain queued pushes, then providers and store."""
+        if self._coordinator_task is not None and self.coordinator is not None:
+            self._coordinator_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._coordinator_task
+            # Drops every session (saving checkpoints) before releasing the leases.
+            await self.coordinator.close()
         if self.pool is not None:
             await self.pool.close(timeout=5.0)
         await self.dispatcher.close(timeout=self.settings.drain_timeout)
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.close()

@@ -15,6 +15,19 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# promtool (from Debian's prometheus package, unpacked, not installed) checks the alert rules.
+tools="${PUSH_BRIDGE_TOOLS:-$HOME/.cache/imkit-push-bridge}"
+if [ -z "${PROMTOOL:-}" ] && ! command -v promtool >/dev/null 2>&1; then
+  if [ ! -x "$tools/promtool/usr/bin/promtool" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== fetching promtool"
+    mkdir -p "$tools/promtool" && tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download -qq prometheus >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get download -qq prometheus >/dev/null 2>&1; }; } && dpkg-deb -x prometheus_*.deb "$tools/promtool") \
+      || echo "promtool unavailable: the alert-rule unit test will be skipped"
+    rm -rf "$tmp"
+  fi
+  [ -x "$tools/promtool/usr/bin/promtool" ] && export PROMTOOL="$tools/promtool/usr/bin/promtool"
+fi
+
 echo "== python environment"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'

@@ -68,8 +68,7 @@ async def list_devices(
     devices, next_cursor = await bridge.store.list_devices(client_id=clientId, limit=limit, cursor=cursor)
     out = []
     for d in devices:
-        status = bridge.pool.device_status(d.device_id) if bridge.pool else None
-        view = device_view(d, status)
+        view = device_view(d, await bridge.device_status(d.device_id))
         view.pop("events", None)
         if session is None or view["session"] == session:
             out.append(view)
@@ -82,7 +81,7 @@ async def get_device(deviceId: str, ctx: Admin) -> dict[str, Any]:
     device = await bridge.store.get_device(deviceId)
     if device is None:
         raise ApiError(404, "NOT_FOUND", "no such device")
-    return ok(device_view(device, bridge.pool.device_status(deviceId) if bridge.pool else None))
+    return ok(device_view(device, await bridge.device_status(deviceId)))
 
 
 @router.delete("/devices/{deviceId}", summary="Remove a device and close its session")

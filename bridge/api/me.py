@@ -74,7 +74,7 @@ async def subscribe(body: SubscribeBody, request: Request, ctx: Ctx) -> dict[str
     await store.put_device(device)
     await ctx.bridge.device_changed(device.device_id)
     log.info("device subscribed", extra={"device_id": device.device_id, "push_type": body.type})
-    return ok(device_view(device, _status(ctx, device.device_id)))
+    return ok(device_view(device, await _status(ctx, device.device_id)))
 
 
 @router.post("/unsubscribe", summary="Remove a device's push token")
@@ -119,7 +119,7 @@ async def get_device(
     _check_device_id(deviceId)
     caller = await ctx.auth.caller(request, clientId)
     device = await _owned_device(ctx, caller, deviceId)
-    return ok(device_view(device, _status(ctx, deviceId)))
+    return ok(device_view(device, await _status(ctx, deviceId)))
 
 
 @router.post("/devices/{deviceId}/test-push", summary="Send a test notification now")
@@ -159,6 +159,6 @@ def _check_device_id(device_id: str) -> None:
         raise ApiError(400, "INVALID_PARAMETER", "deviceId: 1-128 characters of A-Z a-z 0-9 . _ : -")
 
 
-def _status(ctx: ApiContext, device_id: str) -> dict[str, Any] | None:
-    pool = ctx.bridge.pool
-    return pool.device_status(device_id) if pool is not None else None
+async def _status(ctx: ApiContext, device_id: str) -> dict[str, Any] | None:
+    """What the worker serving the device knows: this process's pool, or the one it published."""
+    return await ctx.bridge.device_status(device_id)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,7 +180,7 @@ class WorkerPool:
         rest: ImkitRest,
         metrics: Metrics,
         worker_id: str = "local",
-        owns: Callable[[str], bool] | None = None,
+        claims_shared: bool = False,
         http: aiohttp.ClientSession | None = None,
     ) -> None:
         if not settings.imkit_url:
@@ -192,7 +192,11 @@ class WorkerPool:
         self._rest = rest
         self._metrics = metrics
         self.worker_id = worker_id
-        self._owns = owns or (lambda _device_id: True)
+        #: Set by a shard coordinator: devices are then opened only through :meth:`adopt`.
+        self.on_new_device: Callable[[str], Awaitable[None]] | None = None
+        #: With several workers the API reads "why no push?" from the store, so the pool writes it.
+        self._publish_status = claims_shared
+        self._status_dirty: set[str] = set()
         self._http = http
         self._own_http = http is None
         self._limiter = ConnectLimiter(settings.connect_rate, settings.connect_burst)
@@ -277,13 +281,18 @@ class WorkerPool:
     # ---------------------------------------------------------------- store sync
 
     async def reconcile(self) -> None:
-        """Make the sessions match the store: open missing ones, close removed ones."""
+        """Make the sessions match the store: open missing ones, close removed ones.
+
+        Under a shard coordinator the coordinator decides which devices this worker serves.
+        """
+        if self.on_new_device is not None:
+            return
         try:
             ids = await self._store.all_device_ids()
         except StoreUnavailable as exc:
             log.warning("store unavailable during reconcile: %s", exc)
             return
-        wanted = {i for i in ids if self._owns(i)}
+        wanted = set(ids)
         for device_id in wanted - self._runtimes.keys():
             await self._apply_upsert(device_id)
         for device_id in set(self._runtimes) - wanted:
@@ -331,9 +340,12 @@ class WorkerPool:
     async def _apply_upsert(self, device_id: str) -> None:
         if self._closing:
             return
-        if not self._owns(device_id):
-            await self._remove(device_id)
+        if device_id not in self._runtimes and self.on_new_device is not None:
+            await self.on_new_device(device_id)
             return
+        await self._load(device_id)
+
+    async def _load(self, device_id: str) -> None:
         try:
             device = await self._store.get_device(device_id)
         except StoreUnavailable as exc:
@@ -361,6 +373,22 @@ class WorkerPool:
             or rt.session.state is SessionState.AUTH_FAILED
         ):
             rt.session.update_token(device.client_token)
+
+    async def adopt(self, device_id: str) -> None:
+        """Open the device's session (the shard coordinator won its lease). Idempotent."""
+        if not self._closing:
+            await self._load(device_id)
+
+    async def drop(self, device_id: str) -> None:
+        """Close the device's session after saving its checkpoint (hand-over). Idempotent."""
+        rt = self._runtimes.get(device_id)
+        if rt is not None:
+            await self._save_checkpoint(rt)
+        await self._remove(device_id)
+
+    def owned(self) -> set[str]:
+        """Ids of the devices with a session in this worker."""
+        return set(self._runtimes)
 
     def _open(self, device: Device) -> None:
         rt_box: list[DeviceRuntime] = []
@@ -419,6 +447,7 @@ class WorkerPool:
     # ---------------------------------------------------------------- session callbacks
 
     def _on_state(self, session: UpstreamSession, state: SessionState, reason: str) -> None:
+        self._status_dirty.add(session.device_id)
         prev = self._session_states.pop(session, None)
         if prev is not None:
             self._set_state_count(prev, -1)
@@ -434,18 +463,22 @@ class WorkerPool:
             self._metrics.upstream_reconnects.labels(reason).inc()
         rt = self._runtimes.get(session.device_id)
         if state is SessionState.LIVE and rt is not None and rt.session is session:
-            self._spawn(self._after_live(rt))
+            since, anchors = self._gap_start(rt)
+            rt.was_live = True
+            self._spawn(self._after_live(rt, since, anchors))
 
-    async def _after_live(self, rt: DeviceRuntime) -> None:
+    async def _after_live(self, rt: DeviceRuntime, since: int, anchors: dict[str, str]) -> None:
         """On every (re)connect: refresh the user's mute list and badge, then catch up on the gap."""
         await self._refresh_user(rt.device.client_id, min_age=USER_REFRESH_MIN_AGE)
+        await self._backfill(rt, since, anchors)
+
+    def _gap_start(self, rt: DeviceRuntime) -> tuple[int, dict[str, str]]:
+        """Where the gap before this connect began, taken before any new live event moves it."""
         if rt.was_live and rt.high_water is not None:
-            since = rt.high_water[0]  # a reconnect: everything up to what we saw live is handled
-        else:
-            saved = rt.device.checkpoint_ms
-            since = saved if saved is not None else int(rt.device.created_at * 1000)
-        rt.was_live = True
-        await self._backfill(rt, since)
+            return rt.high_water[0], dict(rt.anchors)  # a reconnect: up to here we saw live
+        saved = rt.device.checkpoint_ms
+        # A new session (start-up, hand-over): from the stored checkpoint, no anchors.
+        return (saved if saved is not None else int(rt.device.created_at * 1000)), {}
 
     def _set_state_count(self, state: SessionState, delta: int) -> None:
         n = max(0, self._state_counts[state] + delta)
@@ -503,6 +536,7 @@ class WorkerPool:
             record.version_ms = payload.version_ms
             rt.note_message(payload)
         rt.history.append(record)
+        self._status_dirty.add(device.device_id)
         if decision.push and isinstance(payload, Message | Invitation):
             await self._push(rt, user, payload, record, received_at)
 
@@ -550,12 +584,13 @@ class WorkerPool:
                 rt.pending.pop(n.push_id, None)
                 record.results.append({"type": reg.type, "outcome": "duplicate"})
 
-    async def _backfill(self, rt: DeviceRuntime, since_ms: int) -> None:
+    async def _backfill(self, rt: DeviceRuntime, since_ms: int, anchors: dict[str, str]) -> None:
         """Fetch what the device missed since ``since_ms`` and push it like live events."""
         device = rt.device
         settings = self._settings
         now = time.time()
         if rt.backfilling or device.effective_state(now) is AppState.FOREGROUND or not device.active_registrations:
+            log.debug("no backfill", extra={"device_id": device.device_id, "busy": rt.backfilling})
             return
         now_ms = int(now * 1000)
         max_age_ms = int(settings.backfill_max_age * 1000)
@@ -564,7 +599,7 @@ class WorkerPool:
         rt.backfilling = True
         try:
             async with self._backfill_sem:
-                missed = await fetch_missed(self._rest, device.client_token, since_ms=since_ms, anchors=dict(rt.anchors))
+                missed = await fetch_missed(self._rest, device.client_token, since_ms=since_ms, anchors=anchors)
         except (InvalidToken, UpstreamUnavailable, RequestRejected) as exc:
             log.info("backfill skipped", extra={"device_id": device.device_id, "error": type(exc).__name__})
             rt.backfilling = False
@@ -581,6 +616,16 @@ class WorkerPool:
                 return decide("chat message", m, user=view, device=background, seen=rt.seen, system_messages=settings.system_messages).push
 
             plan = plan_backfill(missed, now_ms=now_ms, max_age_ms=max_age_ms, room_cap=settings.backfill_room_cap, pushable=pushable, seen=rt.seen)
+            log.debug(
+                "backfill plan",
+                extra={
+                    "device_id": device.device_id,
+                    "since_ms": since_ms,
+                    "rooms": len(missed.rooms),
+                    "fetched": sum(len(v) for v in missed.rooms.values()),
+                    "messages": len(plan.messages),
+                },
+            )
             for msg in plan.messages:
                 await self._on_event(rt, "chat message", msg, source="backfill")
             for inv in plan.invitations:
@@ -676,6 +721,7 @@ class WorkerPool:
         rt.last_result = info
         if not isinstance(result, Retry):
             rt.pending.pop(n.push_id, None)
+        self._status_dirty.add(n.device_id)
         for record in reversed(rt.history):
             if n.push_id in record.push_ids:
                 record.results.append(info)
@@ -684,15 +730,29 @@ class WorkerPool:
     async def flush_checkpoints(self) -> None:
         """Persist each device's safe checkpoint when it moved (called every second and at close)."""
         for rt in list(self._runtimes.values()):
-            cp = rt.safe_checkpoint()
-            if cp is None or cp[0] <= rt.saved_ms:
-                continue
-            try:
-                await self._store.set_checkpoint(rt.device.device_id, cp[1], cp[0])
-            except StoreUnavailable as exc:
-                log.warning("checkpoints not saved: %s", exc)
+            if not await self._save_checkpoint(rt):
                 return
-            rt.saved_ms = cp[0]
+        if self._publish_status and self._status_dirty:
+            dirty, self._status_dirty = self._status_dirty, set()
+            for device_id in dirty:
+                status = self.device_status(device_id)
+                if status is not None:
+                    try:
+                        await self._store.put_status(device_id, status)
+                    except StoreUnavailable:
+                        self._status_dirty.add(device_id)
+
+    async def _save_checkpoint(self, rt: DeviceRuntime) -> bool:
+        cp = rt.safe_checkpoint()
+        if cp is None or cp[0] <= rt.saved_ms:
+            return True
+        try:
+            await self._store.set_checkpoint(rt.device.device_id, cp[1], cp[0])
+        except StoreUnavailable as exc:
+            log.warning("checkpoints not saved: %s", exc)
+            return False
+        rt.saved_ms = cp[0]
+        return True
 
     async def handle_token_invalid(self, n: Notification, reason: str) -> None:
         """A provider said the token is dead: disable that registration in the store."""
