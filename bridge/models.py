@@ -20,14 +20,14 @@ def provider_for(push_type: str) -> ProviderName:
     return "apns" if push_type in APNS_TYPES else "fcm"
 
 
-class AppState(str, enum.Enum):
+class AppState(enum.StrEnum):
     """What the app last told us about itself."""
 
     FOREGROUND = "foreground"
     BACKGROUND = "background"
 
 
-class SessionState(str, enum.Enum):
+class SessionState(enum.StrEnum):
     """Lifecycle of one device's upstream Socket.IO session."""
 
     CONNECTING = "connecting"
@@ -38,7 +38,7 @@ class SessionState(str, enum.Enum):
     CLOSED = "closed"
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why an event was (or was not) pushed."""
 
     PUSHED = "pushed"
