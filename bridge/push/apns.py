@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from h2.connection import H2Connection
 from h2.exceptions import H2Error, NoAvailableStreamIDError
 
+from bridge.compose import apns_id
 from bridge.config import Settings
 from bridge.models import Notification
 from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
@@ -348,6 +349,8 @@ class ApnsProvider:
             topic += ".voip"
         request = NotificationRequest(
             device_token=notification.token,
+            # The same apns-id on every attempt: a retry after a timeout is the same notification.
+            notification_id=apns_id(notification.push_id),
             message=req.payload,
             time_to_live=_time_to_live(req.expiration),
             priority=req.priority,

@@ -205,7 +205,8 @@ async def test_no_backfill_while_foreground(stack: Stack) -> None:
     im.refuse_connections(0.5)
     await im.drop_all_sockets()
     await im.send_message("r1", "bob", "seen in the app")
-    await stack.wait_live("iphone")
+    # IMKIT's side: the socket is gone at once and counts again only once auth2 succeeded.
+    await wait_for(lambda: im.live_sockets("alice") == 1, 10, message="re-authenticated")
     await im.send_message("r1", "bob", "live while open")
     events = await stack.wait_event("iphone", 1)
     assert events[0]["reason"] == "foreground"

@@ -97,7 +97,8 @@ def note(token: str, request: ApnsRequest | None = None, push_type: str = "ios")
         device_id="dev-1",
         push_type=push_type,
         token=token,
-        push_id="push-1",
+        # A push id is unique per (device, message) in the bridge; it becomes the apns-id.
+        push_id=f"push-{secrets.token_hex(8)}",
         kind="message",
         apns=request or ApnsRequest({"aps": {"alert": {"title": "Ann", "body": "hello"}}}),
     )
