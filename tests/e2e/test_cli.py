@@ -1,0 +1,86 @@
+"""The command line as a newcomer runs it: demo, check, sim."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from conftest import wait_for
+
+from tests.e2e._bridge import free_port
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    return subprocess.run([sys.executable, "-m", "bridge", *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_narrates_the_whole_flow() -> None:
+    p = run("demo")
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout
+    for expected in (
+        "both upstream sessions are live",
+        "chat message room=general: pushed → APNS delivered",
+        "chat message room=general: pushed → FCM delivered",
+        "suppressed (foreground)",
+        "suppressed (muted)",
+        "suppressed (duplicate)",
+        "invitation   room=party: pushed",
+        "APNs got: status=200 push-type=background silent badge=",
+    ):
+        assert expected in out, f"{expected!r} missing from:\n{out}"
+
+
+def test_check_names_what_is_wrong(tmp_path: Path) -> None:
+    p = run("check", env={"BRIDGE_PORT": "nope"})
+    assert p.returncode == 2 and "BRIDGE_PORT" in p.stderr
+    bad_sa = tmp_path / "sa.json"
+    bad_sa.write_text(json.dumps({"type": "service_account", "project_id": "p"}))
+    p = run("check", env={"BRIDGE_IMKIT_URL": "http://127.0.0.1:1", "BRIDGE_STORE": f"sqlite:///{tmp_path}/b.db", "BRIDGE_FCM_CREDENTIALS_FILE": str(bad_sa)})
+    assert p.returncode == 1
+    assert "FCM service account lacks: private_key, client_email, token_uri" in p.stdout
+    p = run("check", env={"BRIDGE_IMKIT_URL": "http://127.0.0.1:1", "BRIDGE_STORE": f"sqlite:///{tmp_path}/b.db"})
+    assert p.returncode == 0 and "configuration OK" in p.stdout, p.stdout
+
+
+def test_serve_refuses_to_start_without_imkit_url(tmp_path: Path) -> None:
+    p = run("serve", env={"BRIDGE_STORE": f"sqlite:///{tmp_path}/b.db"}, timeout=30)
+    assert p.returncode == 2 and "BRIDGE_IMKIT_URL is required" in p.stderr
+
+
+def test_worker_role_needs_redis(tmp_path: Path) -> None:
+    p = run("worker", env={"BRIDGE_IMKIT_URL": "http://127.0.0.1:1", "BRIDGE_STORE": f"sqlite:///{tmp_path}/b.db"}, timeout=30)
+    assert p.returncode == 2 and "BRIDGE_STORE=redis://" in p.stderr
+
+
+async def test_sim_all_serves_the_three_simulators(tmp_path: Path) -> None:
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "sim", "all", "--port", str(port), "--state-dir", str(tmp_path)],
+        env=base,
+        stdout=(tmp_path / "sim.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        async def imkit_up() -> bool:
+            try:
+                async with httpx.AsyncClient(timeout=1) as c:
+                    return (await c.get(f"http://127.0.0.1:{port}/sim/stats")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await wait_for(imkit_up, 20, interval=0.1, message="simulated IMKIT up")
+        await wait_for(lambda: (tmp_path / "apns-sim.json").exists() and (tmp_path / "fcm-service-account.json").exists(), 20, message="credentials written")
+        apns = json.loads((tmp_path / "apns-sim.json").read_text())
+        assert "BRIDGE_APNS_KEY_FILE" in json.dumps(apns)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    assert proc.returncode == 0
