@@ -211,3 +211,34 @@ async def test_no_backfill_while_foreground(stack: Stack) -> None:
     events = await stack.wait_event("iphone", 1)
     assert events[0]["reason"] == "foreground"
     assert stack.delivered_apns() == []
+
+
+async def test_metrics_of_the_design_are_exported(stack: Stack) -> None:
+    await stack.subscribe("iphone", "ios", IOS)
+    await stack.subscribe("pixel", "fcm", ANDROID)
+    await stack.wait_live("iphone", "pixel")
+    stack.apns.script(IOS, status=410, reason="Unregistered")
+    await stack.imkit.send_message("r1", "bob", "hello")
+    await wait_for(lambda: len(stack.delivered_fcm()) == 1, 10, message="pushed")
+    await stack.wait_event("iphone", 1)
+    await stack.imkit.drop_all_sockets()
+    await stack.wait_live("iphone", "pixel")
+    text = (await stack.alice.get("/metrics")).text
+
+    def value(sample: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+        raise AssertionError(f"{sample} not exported")
+
+    assert value('bridge_devices{platform="fcm"}') == 1
+    assert value('bridge_sessions{state="live"}') == 2
+    assert value('bridge_upstream_events_total{event="chat message"}') == 2
+    assert value('bridge_decisions_total{outcome="push",reason="pushed"}') == 2
+    assert value('bridge_pushes_total{outcome="delivered",provider="fcm"}') == 1
+    assert value('bridge_pushes_total{outcome="token_invalid",provider="apns"}') == 1
+    assert value('bridge_push_latency_seconds_count{provider="fcm"}') == 1
+    assert value("bridge_push_queue_depth") == 0
+    assert value('bridge_invalid_tokens_total{provider="apns",reason="Unregistered"}') == 1
+    assert value('bridge_worker_devices{worker="' + stack.bridge.bridge.worker_id + '"}') == 2
+    assert sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("bridge_upstream_reconnects_total{")) >= 2
