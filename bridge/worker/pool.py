@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,6 +202,9 @@ class WorkerPool:
         self._limiter = ConnectLimiter(settings.connect_rate, settings.connect_burst)
         self._runtimes: dict[str, DeviceRuntime] = {}
         self._users: dict[str, UserState] = {}
+        #: Devices of each user in this worker (to find a token for the user's REST calls).
+        self._user_devices: dict[str, set[str]] = {}
+        self._locks: dict[str, list[Any]] = {}  # device id -> [lock, users]
         self._state_counts: dict[SessionState, int] = dict.fromkeys(SessionState, 0)
         self._session_states: dict[UpstreamSession, SessionState] = {}
         self._platform_counts: dict[str, int] = {}
@@ -345,28 +348,48 @@ class WorkerPool:
             return
         await self._load(device_id)
 
+    @contextlib.asynccontextmanager
+    async def _device_lock(self, device_id: str) -> AsyncIterator[None]:
+        """One change at a time per device: opening and closing a session both await."""
+        entry = self._locks.get(device_id)
+        if entry is None:
+            entry = self._locks[device_id] = [asyncio.Lock(), 0]
+        entry[1] += 1  # users of this lock, waiting or holding: it is dropped when none are left
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[device_id]
+
     async def _load(self, device_id: str) -> None:
+        async with self._device_lock(device_id):
+            await self._load_locked(device_id)
+
+    async def _load_locked(self, device_id: str) -> None:
         try:
             device = await self._store.get_device(device_id)
         except StoreUnavailable as exc:
             log.warning("store unavailable; keeping cached device", extra={"device_id": device_id, "error": str(exc)})
             return
         if device is None:
-            await self._remove(device_id)
+            await self._remove_locked(device_id)
             return
         rt = self._runtimes.get(device_id)
         if rt is None:
             self._open(device)
             return
         old = rt.device
+        if device.client_id != old.client_id:
+            # The device changed hands: a fresh session under the new user.
+            await self._remove_locked(device_id)
+            self._open(device)
+            return
         self._count_platforms(old, -1)
         rt.device = device
         self._count_platforms(device, +1)
-        if device.client_id != old.client_id:
-            # The device changed hands: a fresh session under the new user.
-            await self._remove(device_id)
-            self._open(device)
-        elif (
+        if (
             device.token_version != old.token_version
             or device.client_token != old.client_token
             # The API verified this token with IMKIT before writing: a parked session may retry.
@@ -416,6 +439,7 @@ class WorkerPool:
         rt_box.append(rt)
         self._runtimes[device.device_id] = rt
         self._users.setdefault(device.client_id, UserState(device.client_id))
+        self._user_devices.setdefault(device.client_id, set()).add(device.device_id)
         self._session_states[session] = session.state
         self._set_state_count(session.state, +1)
         self._count_platforms(device, +1)
@@ -423,9 +447,19 @@ class WorkerPool:
         session.start()
 
     async def _remove(self, device_id: str) -> None:
+        async with self._device_lock(device_id):
+            await self._remove_locked(device_id)
+
+    async def _remove_locked(self, device_id: str) -> None:
         rt = self._runtimes.pop(device_id, None)
         if rt is None:
             return
+        owned = self._user_devices.get(rt.device.client_id)
+        if owned is not None:
+            owned.discard(device_id)
+            if not owned:
+                del self._user_devices[rt.device.client_id]
+                self._users.pop(rt.device.client_id, None)
         self._count_platforms(rt.device, -1)
         self._metrics.worker_devices.labels(self.worker_id).set(len(self._runtimes))
         await rt.session.close()
@@ -693,9 +727,10 @@ class WorkerPool:
         user = self._users.get(client_id)
         if user is None or time.monotonic() - user.fetched_at < min_age:
             return
-        token = next((rt.device.client_token for rt in self._runtimes.values() if rt.device.client_id == client_id), None)
-        if token is None:
+        rt = next((self._runtimes[d] for d in self._user_devices.get(client_id, ()) if d in self._runtimes), None)
+        if rt is None:
             return
+        token = rt.device.client_token
         async with self._refresh_sem:
             try:
                 me = await self._rest.me(token)

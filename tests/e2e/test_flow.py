@@ -242,3 +242,21 @@ async def test_metrics_of_the_design_are_exported(stack: Stack) -> None:
     assert value('bridge_invalid_tokens_total{provider="apns",reason="Unregistered"}') == 1
     assert value('bridge_worker_devices{worker="' + stack.bridge.bridge.worker_id + '"}') == 2
     assert sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("bridge_upstream_reconnects_total{")) >= 2
+
+
+async def test_device_changing_hands_follows_the_new_user(stack: Stack) -> None:
+    im = stack.imkit
+    await stack.subscribe("iphone", "ios", IOS)
+    await stack.wait_live("iphone")
+    im.create_room("bob-room", ["bob", "carol"])
+    async with stack.bridge.client(im.issue_token("bob")) as bob:
+        r = await bob.post("/me/subscribe", json={"type": "ios", "token": IOS, "deviceId": "iphone"})
+        assert r.status_code == 200 and r.json()["result"]["clientId"] == "bob"
+        await wait_for(lambda: im.live_sockets("bob") == 1 and im.live_sockets("alice") == 0, 10, message="session moved to bob")
+        assert (await stack.alice.get("/me/devices/iphone")).status_code == 404
+        await im.send_message("r1", "bob", "for alice")  # alice's room: no longer this phone's business
+        await im.send_message("bob-room", "carol", "for bob")
+        await wait_for(lambda: len(stack.delivered_apns()) == 1, 10, message="bob's push")
+        assert json.loads(stack.delivered_apns()[0].payload["payload"])["room"] == "bob-room"
+        pool = stack.bridge.bridge.pool
+        assert pool is not None and pool.user_state("alice") is None
