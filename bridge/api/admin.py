@@ -6,13 +6,22 @@ import time
 from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Security
 
+from bridge.api.auth import ADMIN_BEARER
 from bridge.api.deps import ApiContext, context
-from bridge.api.errors import ApiError, ok
+from bridge.api.errors import ApiError, error_responses, ok
+from bridge.api.schemas import EXAMPLE_DEVICE_ID
 from bridge.api.views import device_view
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Security(ADMIN_BEARER)],
+    # 404 also when the admin API is off (no BRIDGE_ADMIN_TOKEN).
+    responses=error_responses(401, 404, 503),
+)
+DeviceIdPath = Annotated[str, Path(examples=[EXAMPLE_DEVICE_ID])]
 
 
 async def _admin(request: Request, ctx: Annotated[ApiContext, Depends(context)]) -> ApiContext:
@@ -56,13 +65,17 @@ async def status(ctx: Admin) -> dict[str, Any]:
     )
 
 
-@router.get("/devices", summary="List devices, filtered and paged")
+@router.get("/devices", summary="List devices, filtered and paged", responses=error_responses(400))
 async def list_devices(
     ctx: Admin,
-    clientId: Annotated[str | None, Query(max_length=128)] = None,
-    session: Annotated[str | None, Query(description="only devices whose session is in this state")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=256)] = None,
+    clientId: Annotated[str | None, Query(max_length=128, examples=["alice"])] = None,
+    session: Annotated[
+        str | None, Query(examples=["live"], description="only devices whose session is in this state")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, examples=[100])] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=256, examples=[EXAMPLE_DEVICE_ID], description="nextCursor of the previous page")
+    ] = None,
 ) -> dict[str, Any]:
     bridge = ctx.bridge
     devices, next_cursor = await bridge.store.list_devices(client_id=clientId, limit=limit, cursor=cursor)
@@ -76,7 +89,7 @@ async def list_devices(
 
 
 @router.get("/devices/{deviceId}", summary="One device, with its recent decisions")
-async def get_device(deviceId: str, ctx: Admin) -> dict[str, Any]:
+async def get_device(deviceId: DeviceIdPath, ctx: Admin) -> dict[str, Any]:
     bridge = ctx.bridge
     device = await bridge.store.get_device(deviceId)
     if device is None:
@@ -85,7 +98,7 @@ async def get_device(deviceId: str, ctx: Admin) -> dict[str, Any]:
 
 
 @router.delete("/devices/{deviceId}", summary="Remove a device and close its session")
-async def delete_device(deviceId: str, ctx: Admin) -> dict[str, Any]:
+async def delete_device(deviceId: DeviceIdPath, ctx: Admin) -> dict[str, Any]:
     if not await ctx.bridge.store.delete_device(deviceId):
         raise ApiError(404, "NOT_FOUND", "no such device")
     await ctx.bridge.device_changed(deviceId)

@@ -7,6 +7,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,7 +16,7 @@ from bridge import __version__
 from bridge.api import admin, me, ops
 from bridge.api.auth import Authenticator, RateLimiter, TokenVerifier
 from bridge.api.deps import ApiContext
-from bridge.api.errors import error_body, install_error_handlers
+from bridge.api.errors import drop_validation_422, error_body, install_error_handlers
 from bridge.config import Settings
 from bridge.logs import request_id_var
 from bridge.runtime import Bridge, Role
@@ -111,4 +112,9 @@ def create_app(settings: Settings, *, role: Role = "serve", bridge: Bridge | Non
     app.include_router(admin.router)
     app.include_router(ops.router)
     app.add_middleware(RequestContext)
+
+    def openapi() -> dict[str, Any]:
+        return drop_validation_422(FastAPI.openapi(app))  # FastAPI caches the document; this is idempotent
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

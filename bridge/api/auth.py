@@ -4,18 +4,40 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Request
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from bridge.api.errors import ApiError
 from bridge.config import Settings
-from bridge.upstream.rest import ImkitRest, InvalidToken, UpstreamUnavailable
+from bridge.upstream.rest import ImkitRest, InvalidToken, RequestRejected, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
 
 MAX_TOKEN_LENGTH = 8192
+
+# OpenAPI security schemes, for the document only: auto_error=False means they never reject a
+# request; :class:`Authenticator` reads and checks the headers itself.
+CLIENT_TOKEN = APIKeyHeader(
+    name="IM-Authorization",
+    scheme_name="ClientToken",
+    description="The user's IMKIT client token, verified with IMKIT",
+    auto_error=False,
+)
+PLATFORM_KEY = APIKeyHeader(
+    name="IM-API-KEY",
+    scheme_name="PlatformKey",
+    description="BRIDGE_ADMIN_TOKEN, for platform backends; the call then names the user with clientId",
+    auto_error=False,
+)
+ADMIN_BEARER = HTTPBearer(
+    scheme_name="AdminToken", description="Authorization: Bearer <BRIDGE_ADMIN_TOKEN>", auto_error=False
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +85,15 @@ class TokenVerifier:
             raise ApiError(
                 503, "UPSTREAM_UNAVAILABLE", "IMKIT cannot be reached to verify the token", headers={"Retry-After": "5"}
             ) from None
+        except RequestRejected as exc:
+            if exc.status == 404:
+                # No GET /me at the configured URL: the bridge's problem, not the caller's token.
+                log.warning("IMKIT answered GET /me with HTTP 404: check BRIDGE_IMKIT_URL")
+                raise ApiError(
+                    503, "UPSTREAM_UNAVAILABLE", "IMKIT cannot verify the token", headers={"Retry-After": "5"}
+                ) from None
+            # Another 4xx or an RC error: IMKIT does not vouch for this token.
+            raise ApiError(401, "INVALID_TOKEN", "IMKIT refused the client token") from None
         self._cache[key] = (me.client_id, now + self._ttl)
         self._cache.move_to_end(key)
         while len(self._cache) > self._max:
@@ -112,6 +143,9 @@ class Authenticator:
         token = (token or "").strip()
         if len(token) > MAX_TOKEN_LENGTH:
             raise ApiError(401, "INVALID_TOKEN", "client token too long")
+        if not (token.isascii() and token.isprintable()):
+            # No IMKIT token has these, and they cannot go into the header that verifies it.
+            raise ApiError(401, "INVALID_TOKEN", "client token has characters outside printable ASCII")
         return token or None
 
     async def caller(self, request: Request, client_id: str | None = None) -> Caller:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge.store.base import StoreUnavailable
 
-#: Error codes of DESIGN section 2 (plus STORE_UNAVAILABLE / PAYLOAD_TOO_LARGE for operators).
+#: Error codes of DESIGN section 2 (:data:`ErrorCode` adds STORE_UNAVAILABLE, a store that cannot be written).
 CODES = (
     "MISSING_PARAMETER",
     "INVALID_PARAMETER",
@@ -21,6 +22,18 @@ CODES = (
     "RATE_LIMITED",
     "UPSTREAM_UNAVAILABLE",
 )
+
+
+ErrorCode = Literal[
+    "MISSING_PARAMETER",
+    "INVALID_PARAMETER",
+    "INVALID_TOKEN",
+    "FORBIDDEN",
+    "NOT_FOUND",
+    "RATE_LIMITED",
+    "UPSTREAM_UNAVAILABLE",
+    "STORE_UNAVAILABLE",
+]
 
 
 class ApiError(Exception):
@@ -42,7 +55,55 @@ def ok(result: Any) -> dict[str, Any]:
 
 
 def error_body(status: int, code: str, message: str) -> dict[str, Any]:
+    """The error envelope: the HTTP status as ``RC``, the message as ``RM`` and in ``error``."""
     return {"RC": status, "RM": message, "error": {"code": code, "message": message}}
+
+
+class ErrorDetail(BaseModel):
+    code: ErrorCode
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    """How every error is answered (documents :func:`error_body` in the OpenAPI document)."""
+
+    RC: int = Field(description="the HTTP status")
+    RM: str = Field(description="the message, as IMKIT puts it")
+    error: ErrorDetail
+
+    model_config = ConfigDict(json_schema_extra={"examples": [error_body(404, "NOT_FOUND", "no such device")]})
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "MISSING_PARAMETER or INVALID_PARAMETER: a parameter is missing, malformed or out of range",
+    401: "INVALID_TOKEN: no client token, or IMKIT rejected it (or a wrong IM-API-KEY / admin token)",
+    403: "FORBIDDEN: the device limit is reached, or the client token belongs to another clientId",
+    404: "NOT_FOUND: no such device for this user (or the admin API is off)",
+    413: "INVALID_PARAMETER: the request body is over 16 KiB",
+    429: "RATE_LIMITED: too many calls from this user; see Retry-After",
+    503: "UPSTREAM_UNAVAILABLE (IMKIT) or STORE_UNAVAILABLE; see Retry-After",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: the envelope, documented for each of these error statuses."""
+    return {status: {"model": ErrorEnvelope, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+def drop_validation_422(spec: dict[str, Any]) -> dict[str, Any]:
+    """Remove FastAPI's automatic 422 responses (and their schemas) from an OpenAPI document.
+
+    Validation errors are answered 400 in our envelope (see :func:`install_error_handlers`), so
+    the 422 FastAPI documents for every route with parameters never happens. Idempotent.
+    """
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                operation.get("responses", {}).pop("422", None)
+    schemas = spec.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return spec
 
 
 def error_response(exc: ApiError) -> JSONResponse:
@@ -76,7 +137,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "INVALID_PARAMETER" if exc.status_code < 500 else "UPSTREAM_UNAVAILABLE")
-        return error_response(ApiError(exc.status_code, code, str(exc.detail)))
+        # Keep the exception's headers: a 405 must say which methods are allowed (``Allow``).
+        return error_response(ApiError(exc.status_code, code, str(exc.detail), headers=dict(exc.headers) if exc.headers else None))
 
     async def store_error(_: Request, exc: Exception) -> JSONResponse:
         return error_response(ApiError(503, "STORE_UNAVAILABLE", "device store unavailable, try again later", headers={"Retry-After": "5"}))

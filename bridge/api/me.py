@@ -4,25 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Security
 
 from bridge import compose
-from bridge.api.auth import Caller
+from bridge.api.auth import CLIENT_TOKEN, PLATFORM_KEY, Caller
 from bridge.api.deps import ApiContext, context
-from bridge.api.errors import ApiError, ok
-from bridge.api.schemas import DEVICE_ID, StateBody, SubscribeBody, UnsubscribeBody
+from bridge.api.errors import ApiError, error_responses, ok
+from bridge.api.schemas import (
+    CLIENT_ID,
+    DEVICE_ID,
+    EXAMPLE_DEVICE_ID,
+    StateBody,
+    SubscribeBody,
+    UnsubscribeBody,
+)
 from bridge.api.views import device_view
 from bridge.models import ApnsRequest, AppState, Device, Notification, Registration
 from bridge.worker.pool import result_dict
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/me", tags=["app"])
+router = APIRouter(
+    prefix="/me",
+    tags=["app"],
+    dependencies=[Security(CLIENT_TOKEN), Security(PLATFORM_KEY)],
+    responses=error_responses(400, 401, 403, 429, 503),
+)
 
 Ctx = Annotated[ApiContext, Depends(context)]
+DeviceIdPath = Annotated[
+    str,
+    Path(min_length=1, max_length=128, pattern=DEVICE_ID, examples=[EXAMPLE_DEVICE_ID], description="the app's device id"),
+]
+ClientIdQuery = Annotated[
+    str | None,
+    Query(min_length=1, max_length=128, pattern=CLIENT_ID, examples=["alice"], description="with IM-API-KEY only: the user"),
+]
+
 
 def _not_found() -> ApiError:
     # The same answer whether the device does not exist or belongs to someone else.
@@ -42,7 +62,7 @@ def _foreground_until(ctx: ApiContext, state: str | None, ttl: int | None) -> fl
     return time.time() + (ttl or ctx.bridge.settings.foreground_ttl)
 
 
-@router.post("/subscribe", summary="Register or update a device's push token")
+@router.post("/subscribe", summary="Register or update a device's push token", responses=error_responses(413))
 async def subscribe(body: SubscribeBody, request: Request, ctx: Ctx) -> dict[str, Any]:
     """Idempotent on ``type`` + ``deviceId``. Verifies the client token with IMKIT first."""
     caller = await ctx.auth.caller(request, body.clientId)
@@ -77,7 +97,7 @@ async def subscribe(body: SubscribeBody, request: Request, ctx: Ctx) -> dict[str
     return ok(device_view(device, await _status(ctx, device.device_id)))
 
 
-@router.post("/unsubscribe", summary="Remove a device's push token")
+@router.post("/unsubscribe", summary="Remove a device's push token", responses=error_responses(413))
 async def unsubscribe(body: UnsubscribeBody, request: Request, ctx: Ctx) -> dict[str, Any]:
     """Removes the ``type`` registration; the device (and its session) goes with its last one."""
     caller = await ctx.auth.caller(request, body.clientId)
@@ -96,7 +116,11 @@ async def unsubscribe(body: UnsubscribeBody, request: Request, ctx: Ctx) -> dict
     return ok({"n": 1, "ok": 1})
 
 
-@router.post("/state", summary="Tell the bridge the app went to the foreground or background")
+@router.post(
+    "/state",
+    summary="Tell the bridge the app went to the foreground or background",
+    responses=error_responses(404, 413),
+)
 async def set_state(body: StateBody, request: Request, ctx: Ctx) -> dict[str, Any]:
     """A foreground state expires after ``ttl`` seconds unless renewed."""
     caller = await ctx.auth.caller(request, body.clientId)
@@ -108,29 +132,19 @@ async def set_state(body: StateBody, request: Request, ctx: Ctx) -> dict[str, An
     return ok({"deviceId": body.deviceId, "state": body.state, "foregroundUntil": until})
 
 
-@router.get("/devices/{deviceId}", summary="The device as the bridge sees it (why no push?)")
-async def get_device(
-    deviceId: str,
-    request: Request,
-    ctx: Ctx,
-    clientId: Annotated[str | None, Query(max_length=128)] = None,
-) -> dict[str, Any]:
+@router.get(
+    "/devices/{deviceId}", summary="The device as the bridge sees it (why no push?)", responses=error_responses(404)
+)
+async def get_device(deviceId: DeviceIdPath, request: Request, ctx: Ctx, clientId: ClientIdQuery = None) -> dict[str, Any]:
     """State, session state, the last 50 events with the decision for each, last provider answer."""
-    _check_device_id(deviceId)
     caller = await ctx.auth.caller(request, clientId)
     device = await _owned_device(ctx, caller, deviceId)
     return ok(device_view(device, await _status(ctx, deviceId)))
 
 
-@router.post("/devices/{deviceId}/test-push", summary="Send a test notification now")
-async def test_push(
-    deviceId: str,
-    request: Request,
-    ctx: Ctx,
-    clientId: Annotated[str | None, Query(max_length=128)] = None,
-) -> dict[str, Any]:
+@router.post("/devices/{deviceId}/test-push", summary="Send a test notification now", responses=error_responses(404))
+async def test_push(deviceId: DeviceIdPath, request: Request, ctx: Ctx, clientId: ClientIdQuery = None) -> dict[str, Any]:
     """Sends one test notification to each of the device's tokens and returns the providers' answers."""
-    _check_device_id(deviceId)
     caller = await ctx.auth.caller(request, clientId)
     device = await _owned_device(ctx, caller, deviceId)
     now = time.time()
@@ -152,11 +166,6 @@ async def test_push(
     results = await asyncio.gather(*(ctx.bridge.dispatcher.send_now(n) for n in notifications))
     out = [result_dict(n, r) for n, r in zip(notifications, results, strict=True)]
     return ok({"deviceId": deviceId, "results": out})
-
-
-def _check_device_id(device_id: str) -> None:
-    if not (1 <= len(device_id) <= 128 and re.match(DEVICE_ID, device_id)):
-        raise ApiError(400, "INVALID_PARAMETER", "deviceId: 1-128 characters of A-Z a-z 0-9 . _ : -")
 
 
 async def _status(ctx: ApiContext, device_id: str) -> dict[str, Any] | None:

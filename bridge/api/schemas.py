@@ -10,6 +10,8 @@ DEVICE_ID = r"^[A-Za-z0-9._:\-]+$"
 PUSH_TOKEN = r"^[A-Za-z0-9._:\-]+$"
 LOCALE = r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8}){0,3}$"
 CLIENT_ID = r"^[^\s]+$"
+#: The device id of the OpenAPI examples.
+EXAMPLE_DEVICE_ID = "8F3C2A10-device"
 
 PushType = Literal["ios", "ios-voip", "fcm", "android", "web"]
 StateName = Literal["foreground", "background"]
@@ -32,7 +34,7 @@ class SubscribeBody(_Body):
     model_config = ConfigDict(
         extra="ignore",
         str_strip_whitespace=True,
-        json_schema_extra={"examples": [{"type": "ios", "token": "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2", "deviceId": "8F3C2A10-device", "locale": "zh-TW"}]},
+        json_schema_extra={"examples": [{"type": "ios", "token": "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2", "deviceId": EXAMPLE_DEVICE_ID, "locale": "zh-TW"}]},
     )
 
 
@@ -41,7 +43,7 @@ class UnsubscribeBody(_Body):
     deviceId: str = Field(min_length=1, max_length=128, pattern=DEVICE_ID)
     clientId: str | None = Field(None, min_length=1, max_length=128, pattern=CLIENT_ID)
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"type": "ios", "deviceId": "8F3C2A10-device"}]})
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"type": "ios", "deviceId": EXAMPLE_DEVICE_ID}]})
 
 
 class StateBody(_Body):
@@ -50,4 +52,4 @@ class StateBody(_Body):
     ttl: int | None = Field(None, ge=1, le=86400, description="seconds a foreground state lasts (default BRIDGE_FOREGROUND_TTL)")
     clientId: str | None = Field(None, min_length=1, max_length=128, pattern=CLIENT_ID)
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"deviceId": "8F3C2A10-device", "state": "foreground", "ttl": 120}]})
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"deviceId": EXAMPLE_DEVICE_ID, "state": "foreground", "ttl": 120}]})

@@ -263,3 +263,76 @@ async def test_admin_api(bridge: RunningBridge, sim: ImkitSim) -> None:
         assert_error(await admin.get("/admin/devices/d3"), 404, "NOT_FOUND")
     async with bridge.client(Authorization="Bearer nope") as bad:
         assert_error(await bad.get("/admin/status"), 401, "INVALID_TOKEN")
+
+
+# Regressions found by tests/e2e/test_schemathesis.py (issue 8, "Bad input").
+
+
+@pytest.mark.parametrize("value", [b"\xff\xfe", "tok\u00e9n".encode("latin-1"), b"abc\x7f", b"a\x01b"])
+async def test_client_token_outside_printable_ascii_is_401(bridge: RunningBridge, value: bytes) -> None:
+    # Such a token used to reach the IMKIT client, which cannot put it in a header: 500.
+    async with bridge.client() as c:
+        assert_error(await c.get("/me/devices/dev1", headers={"IM-Authorization": value}), 401, "INVALID_TOKEN")
+        backend = {"IM-API-KEY": ADMIN.encode(), "IM-Authorization": value}
+        r = await c.post("/me/subscribe", json=sub(clientId="alice"), headers=backend)
+        assert_error(r, 401, "INVALID_TOKEN")
+
+
+async def test_imkit_refusing_to_verify_a_token(bridge: RunningBridge, sim: ImkitSim) -> None:
+    # A GET /me answered with a 4xx other than 401 used to escape the API as a 500.
+    async with bridge.client(sim.issue_token("alice")) as c:
+        sim.fail_rest(403)
+        assert_error(await c.get("/me/devices/dev1"), 401, "INVALID_TOKEN")
+        sim.fail_rest(404)  # no /me at BRIDGE_IMKIT_URL: the bridge's problem, not the token's
+        r = await c.get("/me/devices/dev1")
+        assert_error(r, 503, "UPSTREAM_UNAVAILABLE")
+        assert "Retry-After" in r.headers
+        sim.fail_rest(None)
+        assert_error(await c.get("/me/devices/dev1"), 404, "NOT_FOUND")
+
+
+async def test_unsupported_method_says_what_is_allowed(bridge: RunningBridge) -> None:
+    # The envelope handler used to drop the Allow header of a 405.
+    async with bridge.client() as c:
+        r = await c.request("TRACE", "/me/subscribe")
+        assert_error(r, 405, "INVALID_PARAMETER")
+        assert r.headers["allow"] == "POST"
+        r = await c.put("/admin/devices/dev1")
+        # Starlette names the methods of the first route on the path only (GET; DELETE is another route).
+        assert r.status_code == 405 and "GET" in r.headers["allow"]
+
+
+async def test_device_id_in_path_is_validated(bridge: RunningBridge, sim: ImkitSim) -> None:
+    async with bridge.client(sim.issue_token("alice")) as c:
+        # A trailing newline used to pass the hand-written check (re.match's "$" matches before it).
+        for bad in ("dev1%0A", "d%20x", "x" * 129):
+            assert_error(await c.get(f"/me/devices/{bad}"), 400, "INVALID_PARAMETER")
+            assert_error(await c.post(f"/me/devices/{bad}/test-push"), 400, "INVALID_PARAMETER")
+
+
+async def test_openapi_documents_errors_security_and_examples(bridge: RunningBridge) -> None:
+    async with bridge.client() as c:
+        spec = (await c.get("/openapi.json")).json()
+    # Validation errors are 400s in our envelope, not FastAPI's 422.
+    assert all("422" not in op["responses"] for ops in spec["paths"].values() for op in ops.values())
+    schemas = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and "ErrorEnvelope" in schemas
+    assert set(spec["components"]["securitySchemes"]) == {"ClientToken", "PlatformKey", "AdminToken"}
+    envelope = {"$ref": "#/components/schemas/ErrorEnvelope"}
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            where = f"{method.upper()} {path}"
+            if path.startswith(("/me/", "/admin/")):
+                assert op["security"], where
+                errors = {s for s in op["responses"] if s.startswith(("4", "5"))}
+                assert {"401", "503"} <= errors, where
+                for status in errors:
+                    assert op["responses"][status]["content"]["application/json"]["schema"] == envelope, (where, status)
+            if path.startswith("/me/"):
+                assert {"400", "401", "403", "429", "503"} <= set(op["responses"]), where
+            if "requestBody" in op:
+                ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                assert schemas[ref.rsplit("/", 1)[1]].get("examples"), where
+            for param in op.get("parameters", []):
+                if param["in"] == "path":
+                    assert param["schema"].get("examples"), (where, param["name"])
