@@ -16,7 +16,6 @@ import httpx
 
 PrintLine = Callable[[str], Any]
 
-TOPIC = "com.example.chat"
 
 
 def _free_port() -> int:
@@ -54,23 +53,13 @@ async def run_demo(print_line: PrintLine = print, verbose: bool = False) -> int:
 
     from bridge.api.app import create_app
     from bridge.config import Settings
-    from bridge.sim.apns import ApnsSim
-    from bridge.sim.certs import generate_apns_key, issue_test_certs
-    from bridge.sim.fcm import FcmSim
-    from bridge.sim.imkit import ImkitSim
+    from bridge.sim.stack import SimStack
 
     say = _Narrator(print_line, verbose)
     with tempfile.TemporaryDirectory(prefix="push-bridge-demo-") as tmp:
         d = Path(tmp)
-        certs = issue_test_certs(d)
-        key = generate_apns_key(d)
-        imkit = ImkitSim()
-        apns = ApnsSim(certs.cert_file, certs.key_file, topics=[TOPIC], keys=[key])
-        fcm = FcmSim()
-        await imkit.start()
-        await apns.start()
-        await fcm.start()
-        sa = fcm.write_service_account(d / "fcm.json")
+        sims = await SimStack.start(d)
+        imkit, apns, fcm = sims.imkit, sims.apns, sims.fcm
         say(f"simulated IMKIT at {imkit.url}, APNs at https://127.0.0.1:{apns.port}, FCM at {fcm.url}")
 
         for cid, nick in (("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")):
@@ -84,19 +73,10 @@ async def run_demo(print_line: PrintLine = print, verbose: bool = False) -> int:
         settings = Settings(
             host="127.0.0.1",
             port=port,
-            imkit_url=imkit.url,
             store=f"sqlite:///{d / 'bridge.db'}",
-            apns_key_file=str(key.key_file),
-            apns_key_id=key.key_id,
-            apns_team_id=key.team_id,
-            apns_topic=TOPIC,
-            apns_host="127.0.0.1",
-            apns_port=apns.port,
-            apns_ca_file=str(certs.ca_file),
-            fcm_credentials_file=str(sa),
-            fcm_url=fcm.url,
             foreground_ttl=120,
             log_level="WARNING",
+            **sims.settings(),
         )
         app = create_app(settings)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"))
@@ -111,9 +91,7 @@ async def run_demo(print_line: PrintLine = print, verbose: bool = False) -> int:
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(serve_task, 20)
-            await fcm.stop()
-            await apns.stop()
-            await imkit.stop()
+            await sims.stop()
 
 
 async def _ready(http: httpx.AsyncClient) -> bool:

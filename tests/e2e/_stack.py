@@ -13,12 +13,11 @@ from conftest import wait_for
 
 from bridge.config import Settings
 from bridge.sim.apns import ApnsSim
-from bridge.sim.certs import generate_apns_key, issue_test_certs
 from bridge.sim.fcm import FcmSim
 from bridge.sim.imkit import ImkitSim
+from bridge.sim.stack import SimStack
 from tests.e2e._bridge import RunningBridge, running_bridge
 
-TOPIC = "com.example.chat"
 IOS = "a1" * 32
 ANDROID = "fcm-token-android-1"
 
@@ -69,24 +68,15 @@ class Stack:
         return events
 
 
-def stack_settings(imkit: ImkitSim, apns: ApnsSim, fcm: FcmSim, tmp_path: Path, key: Any, ca_file: Path, **kw: Any) -> Settings:
+def stack_settings(sims: SimStack, tmp_path: Path, **kw: Any) -> Settings:
     base: dict[str, Any] = dict(
-        imkit_url=imkit.url,
         store=f"sqlite:///{tmp_path / 'bridge.db'}",
-        apns_key_file=str(key.key_file),
-        apns_key_id=key.key_id,
-        apns_team_id=key.team_id,
-        apns_topic=TOPIC,
-        apns_host="127.0.0.1",
-        apns_port=apns.port,
-        apns_ca_file=str(ca_file),
-        fcm_credentials_file=str(fcm.write_service_account(tmp_path / "sa.json")),
-        fcm_url=fcm.url,
         backoff_base=0.05,
         backoff_cap=0.5,
         mute_refresh_interval=0.3,
         push_timeout=3,
         rate_limit_per_minute=100_000,  # the tests poll GET /me/devices; limits are tested in test_api
+        **sims.settings(),
     )
     base.update(kw)
     return Settings(_env_file=None, **base)  # type: ignore[call-arg]
@@ -100,25 +90,17 @@ def stack_options() -> dict[str, Any]:
 
 @pytest.fixture
 async def stack(tmp_path: Path, stack_options: dict[str, Any]) -> AsyncIterator[Stack]:
-    certs = issue_test_certs(tmp_path)
-    key = generate_apns_key(tmp_path)
-    imkit = ImkitSim()
-    apns = ApnsSim(certs.cert_file, certs.key_file, topics=[TOPIC], keys=[key])
-    fcm = FcmSim()
-    await imkit.start()
-    await apns.start()
-    await fcm.start()
+    sims = await SimStack.start(tmp_path)
+    imkit, apns, fcm = sims.imkit, sims.apns, sims.fcm
     for cid in ("alice", "bob", "carol"):
         imkit.create_user(cid, cid.title())
     imkit.create_room("r1", ["alice", "bob"], name="Lunch")
     imkit.create_room("r2", ["alice", "bob"], name="Random")
-    settings = stack_settings(imkit, apns, fcm, tmp_path, key, certs.ca_file, **stack_options)
+    settings = stack_settings(sims, tmp_path, **stack_options)
     try:
         async with running_bridge(settings) as b, b.client(imkit.issue_token("alice")) as alice:
             yield Stack(imkit, apns, fcm, b, alice)
     finally:
-        await fcm.stop()
-        await apns.stop()
-        await imkit.stop()
+        await sims.stop()
 
 

@@ -7,7 +7,8 @@ import json
 
 from conftest import wait_for
 
-from tests.e2e._stack import ANDROID, IOS, TOPIC, Stack, stack, stack_options  # noqa: F401 - fixtures used by name
+from bridge.sim.stack import TOPIC
+from tests.e2e._stack import ANDROID, IOS, Stack, stack, stack_options  # noqa: F401 - fixtures used by name
 
 
 async def test_message_becomes_apns_and_fcm_notifications(stack: Stack) -> None:

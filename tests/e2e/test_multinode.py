@@ -25,11 +25,10 @@ from conftest import wait_for
 from cryptography.fernet import Fernet
 
 from bridge.sim.apns import ApnsSim
-from bridge.sim.certs import generate_apns_key, issue_test_certs
 from bridge.sim.imkit import ImkitSim
+from bridge.sim.stack import SimStack
 from tests._redis import RedisServer, free_port
 
-TOPIC = "com.example.chat"
 DEVICES = 300
 STREAM_MEMBERS = 20
 LEASE_TTL = 2.0
@@ -101,24 +100,13 @@ def one_session_each(imkit: ImkitSim, users: list[str]) -> bool:
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     redis = RedisServer(tmp_path / "redis", appendonly=True)
     redis.start()
-    certs = issue_test_certs(tmp_path)
-    key = generate_apns_key(tmp_path)
-    imkit = ImkitSim()
-    apns = ApnsSim(certs.cert_file, certs.key_file, topics=[TOPIC], keys=[key])
-    await imkit.start()
-    await apns.start()
+    sims = await SimStack.start(tmp_path)
+    imkit, apns = sims.imkit, sims.apns
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(
-        BRIDGE_IMKIT_URL=imkit.url,
+        sims.env(),
         BRIDGE_STORE=redis.url,
         BRIDGE_SECRET_KEY=Fernet.generate_key().decode(),
-        BRIDGE_APNS_KEY_FILE=str(key.key_file),
-        BRIDGE_APNS_KEY_ID=key.key_id,
-        BRIDGE_APNS_TEAM_ID=key.team_id,
-        BRIDGE_APNS_TOPIC=TOPIC,
-        BRIDGE_APNS_HOST="127.0.0.1",
-        BRIDGE_APNS_PORT=str(apns.port),
-        BRIDGE_APNS_CA_FILE=str(certs.ca_file),
         BRIDGE_BACKOFF_BASE="0.05",
         BRIDGE_BACKOFF_CAP="0.5",
         BRIDGE_LEASE_TTL=str(LEASE_TTL),
@@ -132,8 +120,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         yield c
     finally:
         c.stop()
-        await apns.stop()
-        await imkit.stop()
+        await sims.stop()
         redis.stop()
 
 

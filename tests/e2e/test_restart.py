@@ -17,11 +17,10 @@ import pytest
 from conftest import wait_for
 
 from bridge.sim.apns import ApnsSim
-from bridge.sim.certs import generate_apns_key, issue_test_certs
 from bridge.sim.imkit import ImkitSim
+from bridge.sim.stack import SimStack
 from tests.e2e._bridge import free_port
 
-TOPIC = "com.example.chat"
 N = 20
 
 
@@ -58,24 +57,13 @@ class BridgeProcess:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    certs = issue_test_certs(tmp_path)
-    key = generate_apns_key(tmp_path)
-    imkit = ImkitSim()
-    apns = ApnsSim(certs.cert_file, certs.key_file, topics=[TOPIC], keys=[key])
-    await imkit.start()
-    await apns.start()
+    sims = await SimStack.start(tmp_path)
+    imkit, apns = sims.imkit, sims.apns
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(
+        sims.env(),
         BRIDGE_PORT=str(free_port()),
-        BRIDGE_IMKIT_URL=imkit.url,
         BRIDGE_STORE=f"sqlite:///{tmp_path / 'bridge.db'}",
-        BRIDGE_APNS_KEY_FILE=str(key.key_file),
-        BRIDGE_APNS_KEY_ID=key.key_id,
-        BRIDGE_APNS_TEAM_ID=key.team_id,
-        BRIDGE_APNS_TOPIC=TOPIC,
-        BRIDGE_APNS_HOST="127.0.0.1",
-        BRIDGE_APNS_PORT=str(apns.port),
-        BRIDGE_APNS_CA_FILE=str(certs.ca_file),
         BRIDGE_BACKOFF_BASE="0.05",
         BRIDGE_BACKOFF_CAP="0.5",
         BRIDGE_LOG_LEVEL="DEBUG",
@@ -87,8 +75,7 @@ async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     finally:
         if proc.proc is not None:
             proc.stop()
-        await apns.stop()
-        await imkit.stop()
+        await sims.stop()
 
 
 def delivered(apns: ApnsSim) -> list[str]:
