@@ -418,9 +418,7 @@ class FcmProvider:
         # Our own app's service object: swap in a client with our CA, no retries, non-refreshing auth.
         lib_client._async_client = self._http  # type: ignore[union-attr]  # checked above
         if fcm_url:
-            self._service._fcm_url = (
-                f"{fcm_url.rstrip('/')}/v1/projects/{self.project_id}/messages:send"
-            )
+            self._service._fcm_url = send_url(fcm_url, self.project_id)
         self._pending: list[_Pending] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -590,3 +588,13 @@ class FcmProvider:
         # delete_app closes the service with asyncio.run(): it needs a thread without a loop.
         await asyncio.to_thread(firebase_admin.delete_app, self._app)
         self._session.close()
+
+
+def send_url(fcm_url: str, project_id: str) -> str:
+    """The ``messages:send`` URL for ``BRIDGE_FCM_URL``: a base URL, or the whole send URL."""
+    url = fcm_url.rstrip("/")
+    if url.endswith("messages:send"):
+        return url.replace("{project}", project_id).replace("{project_id}", project_id)
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    return f"{url}/v1/projects/{project_id}/messages:send"

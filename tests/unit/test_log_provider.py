@@ -73,3 +73,4 @@ async def test_keeps_only_the_last_n() -> None:
 
     assert [r["push_id"] for r in provider.sent] == ["p-2", "p-3", "p-4"]
     assert provider.name == "log"
+
