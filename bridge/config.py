@@ -92,8 +92,22 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/") if v else v
 
+    @field_validator("apns_host")
+    @classmethod
+    def _bare_host(cls, v: str | None) -> str | None:
+        # Accept "https://host/" as well as "host": aioapns wants the bare name.
+        if v is None:
+            return v
+        v = v.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
+        return v or None
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
+        if self.apns_host and ":" in self.apns_host and not self.apns_host.startswith("["):
+            host, _, port = self.apns_host.rpartition(":")
+            if port.isdigit():
+                self.apns_host = host
+                self.apns_port = self.apns_port or int(port)
         if self.backoff_cap < self.backoff_base:
             raise ValueError("BRIDGE_BACKOFF_CAP must be >= BRIDGE_BACKOFF_BASE")
         apns_token_fields = [self.apns_key_file, self.apns_key_id, self.apns_team_id]

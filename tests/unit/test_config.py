@@ -52,3 +52,20 @@ def test_invalid_values_are_named(monkeypatch: pytest.MonkeyPatch, env: dict[str
     with pytest.raises(ValidationError) as info:
         Settings(_env_file=None)  # type: ignore[call-arg]
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("127.0.0.1", "2197", ("127.0.0.1", 2197)),
+        ("https://127.0.0.1/", "2197", ("127.0.0.1", 2197)),
+        ("127.0.0.1:8443", None, ("127.0.0.1", 8443)),
+        ("https://apns.local:8443", None, ("apns.local", 8443)),
+    ],
+)
+def test_apns_host_forms(monkeypatch: pytest.MonkeyPatch, host: str, port: str | None, expected: tuple[str, int]) -> None:
+    monkeypatch.setenv("BRIDGE_APNS_HOST", host)
+    if port:
+        monkeypatch.setenv("BRIDGE_APNS_PORT", port)
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (s.apns_host, s.apns_port) == expected
