@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     imkit_request_timeout: float = Field(10.0, gt=0)
     connect_rate: float = Field(100.0, gt=0, description="upstream connects per second, per process")
     connect_burst: int = Field(100, ge=1)
+    connect_concurrency: int = Field(500, ge=1, description="upstream handshakes in progress, per process")
     backoff_base: float = Field(1.0, gt=0)
     backoff_cap: float = Field(60.0, gt=0)
     mute_refresh_interval: float = Field(300.0, gt=0)

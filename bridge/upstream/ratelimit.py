@@ -22,6 +22,7 @@ class ConnectLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_in_progress: int | None = None,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -36,6 +37,26 @@ class ConnectLimiter:
         self._lock = asyncio.Lock()
         #: Connects granted so far (for metrics and tests).
         self.granted = 0
+        # The rate protects IMKIT; this protects the process: handshakes (connect, conf, auth2)
+        # it started but has not finished. Past what the loop can finish within the auth
+        # timeout, sessions time out and reconnect, and a storm never settles.
+        self._in_progress = asyncio.Semaphore(max_in_progress) if max_in_progress else None
+        #: Sessions waiting for a handshake slot.
+        self.waiting = 0
+
+    async def begin(self) -> None:
+        """Wait for a free handshake slot (when ``max_in_progress`` is set); pair with :meth:`end`."""
+        if self._in_progress is not None:
+            self.waiting += 1
+            try:
+                await self._in_progress.acquire()
+            finally:
+                self.waiting -= 1
+
+    def end(self) -> None:
+        """The handshake that :meth:`begin` admitted is over (live, refused or failed)."""
+        if self._in_progress is not None:
+            self._in_progress.release()
 
     def _refill(self) -> None:
         now = self._clock()

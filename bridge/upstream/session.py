@@ -202,6 +202,7 @@ class UpstreamSession:
         self._conn: _Connection | None = None
         self._wake = asyncio.Event()
         self._token_changed = False
+        self._handshaking = False  # holds one of the limiter's handshake slots
         self._closed = False
         # One event at a time, in arrival order (Engine.IO hands each message to its own task).
         self._event_lock = asyncio.Lock()
@@ -247,12 +248,16 @@ class UpstreamSession:
         reason = "start"
         while not self._closed:
             try:
+                await self._limiter.begin()
+                self._handshaking = True
                 await self._limiter.acquire()
                 self._set_state(SessionState.CONNECTING, reason)
                 end, live_for = await self._attempt()
             except Exception:  # a bug must not end the session: log it and retry later
                 log.exception("upstream session %s: unexpected error", self.device_id)
                 end, live_for = _End("retry", "error"), None
+            finally:
+                self._end_handshake()
             if live_for is not None and live_for >= self._stable_after:
                 attempt = 0
             if end.kind == "token":
@@ -447,7 +452,14 @@ class UpstreamSession:
         if conn is self._conn and not conn.closing and not conn.done.done():
             self._set_state(state, reason)
 
+    def _end_handshake(self) -> None:
+        if self._handshaking:
+            self._handshaking = False
+            self._limiter.end()
+
     def _set_state(self, state: SessionState, reason: str) -> None:
+        if state is SessionState.LIVE:
+            self._end_handshake()
         if state is self.state:
             return
         if self._closed and state is not SessionState.CLOSED:

@@ -199,7 +199,9 @@ class WorkerPool:
         self._status_dirty: set[str] = set()
         self._http = http
         self._own_http = http is None
-        self._limiter = ConnectLimiter(settings.connect_rate, settings.connect_burst)
+        self._limiter = ConnectLimiter(
+            settings.connect_rate, settings.connect_burst, max_in_progress=settings.connect_concurrency
+        )
         self._runtimes: dict[str, DeviceRuntime] = {}
         self._users: dict[str, UserState] = {}
         #: Devices of each user in this worker (to find a token for the user's REST calls).

@@ -685,3 +685,28 @@ async def test_a_thousand_sessions_in_one_process(
     t_all = time.monotonic() - t0
     assert all(p.count(SessionState.BACKOFF) == 0 for _, p in pairs)
     print(f"\n{n} sessions live in {t_live:.1f}s, all received an event after {t_all:.1f}s")
+
+
+async def test_handshakes_in_progress_are_capped(
+    sims: Callable[..., Awaitable[ImkitSim]], open_session: OpenSession
+) -> None:
+    """With one handshake slot, sessions connect one after another, and each frees it when live."""
+    sim = await sims()
+    limiter = ConnectLimiter(1000, 1000, max_in_progress=1)
+    sim.ack_auth = False  # the first handshake never finishes ...
+    first, _ = open_session(sim.url, sim.issue_token(_user(sim, "cap0")), device_id="cap0", limiter=limiter, auth_timeout=30.0)
+    await wait_for(lambda: first.state is SessionState.AUTHENTICATING, 5, message="first authenticating")
+    others = [open_session(sim.url, sim.issue_token(_user(sim, f"cap{i}")), device_id=f"cap{i}", limiter=limiter)[0] for i in range(1, 4)]
+    # ... so nobody else may even connect while it holds the only slot.
+    await wait_for(lambda: limiter.waiting == 3, 5, message="three sessions waiting for the slot")
+    assert sim.connections_total == 1
+    sim.ack_auth = True
+    await first.close()  # closing frees the slot too
+    for s in others:
+        await live(s)
+    assert sim.connections_total == 4
+
+
+def _user(sim: ImkitSim, client_id: str) -> str:
+    sim.create_user(client_id, client_id)
+    return client_id

@@ -115,3 +115,17 @@ async def test_real_clock_rate() -> None:
 def test_rejects_bad_settings(rate: float, burst: int) -> None:
     with pytest.raises(ValueError):
         ConnectLimiter(rate, burst)
+
+
+async def test_handshake_slots() -> None:
+    limiter = ConnectLimiter(100, 100, max_in_progress=2)
+    await limiter.begin()
+    await limiter.begin()
+    third = asyncio.create_task(limiter.begin())
+    await asyncio.sleep(0)  # let it run up to the semaphore
+    assert not third.done()
+    limiter.end()
+    await asyncio.wait_for(third, 1)
+    unlimited = ConnectLimiter(100, 100)
+    for _ in range(1000):
+        await unlimited.begin()  # no cap: never waits
