@@ -298,10 +298,28 @@ class WorkerPool:
             log.warning("store unavailable during reconcile: %s", exc)
             return
         wanted = set(ids)
-        for device_id in wanted - self._runtimes.keys():
+        missing = wanted - self._runtimes.keys()
+        if len(missing) > 100:
+            await self._open_in_bulk(missing)
+        for device_id in missing - self._runtimes.keys():
             await self._apply_upsert(device_id)
         for device_id in set(self._runtimes) - wanted:
             await self._remove(device_id)
+
+    async def _open_in_bulk(self, device_ids: set[str]) -> None:
+        """Open many sessions from pages of the store, not one read per device (start-up)."""
+        cursor: str | None = None
+        while True:
+            try:
+                page, cursor = await self._store.list_devices(limit=500, cursor=cursor)
+            except StoreUnavailable as exc:
+                log.warning("store unavailable while opening sessions: %s", exc)
+                return
+            for device in page:
+                if device.device_id in device_ids and device.device_id not in self._runtimes:
+                    self._open(device)
+            if cursor is None:
+                return
 
     async def _follow_changes(self) -> None:
         while True:
