@@ -332,11 +332,12 @@ class BenchSims:
         if not rooms:
             raise web.HTTPBadRequest(text="rooms must not be empty")
         sender = body.get("sender")
-        # A full collection over 10,000 sockets' objects stalls this process for 100+ ms, which
-        # would land between an emit time and its socket write: freeze what exists (users,
-        # rooms, sockets) so collections during the run only look at the new objects.
+        # A full collection over 10,000 sockets' objects stalls this process for over a second,
+        # which would land between an emit time and its socket write (or delay an arrival time):
+        # freeze what exists and collect nothing until the results are read (GET /bench/latencies).
         gc.collect()
         gc.freeze()
+        gc.disable()
         self._emit_task = asyncio.create_task(
             self._emit(rooms, int(body["count"]), float(body.get("rate", 0.0)), sender)
         )
@@ -383,6 +384,7 @@ class BenchSims:
         arrivals of the other; ``emitted`` and ``arrived`` are therefore given separately.
         """
         self.drain()
+        gc.enable()
         return web.json_response(
             {
                 "emitted": self.emitted,
