@@ -22,8 +22,8 @@ from bridge.api.schemas import (
     UnsubscribeBody,
 )
 from bridge.api.views import device_view
-from bridge.models import ApnsRequest, AppState, Device, Notification, Registration
-from bridge.worker.pool import result_dict
+from bridge.models import AppState, Device, Registration
+from bridge.worker.pool import notification_for, result_dict
 
 log = logging.getLogger(__name__)
 router = APIRouter(
@@ -94,7 +94,7 @@ async def subscribe(body: SubscribeBody, request: Request, ctx: Ctx) -> dict[str
     await store.put_device(device)
     await ctx.bridge.device_changed(device.device_id)
     log.info("device subscribed", extra={"device_id": device.device_id, "push_type": body.type})
-    return ok(device_view(device, await _status(ctx, device.device_id)))
+    return ok(device_view(device, await ctx.bridge.device_status(device.device_id)))
 
 
 @router.post("/unsubscribe", summary="Remove a device's push token", responses=error_responses(413))
@@ -139,7 +139,7 @@ async def get_device(deviceId: DeviceIdPath, request: Request, ctx: Ctx, clientI
     """State, session state, the last 50 events with the decision for each, last provider answer."""
     caller = await ctx.auth.caller(request, clientId)
     device = await _owned_device(ctx, caller, deviceId)
-    return ok(device_view(device, await _status(ctx, deviceId)))
+    return ok(device_view(device, await ctx.bridge.device_status(deviceId)))
 
 
 @router.post("/devices/{deviceId}/test-push", summary="Send a test notification now", responses=error_responses(404))
@@ -153,21 +153,8 @@ async def test_push(deviceId: DeviceIdPath, request: Request, ctx: Ctx, clientId
         target = compose.Target(push_type=reg.type, locale=device.locale, content=ctx.bridge.settings.push_content)
         req = compose.compose_test(target, now=now)
         notifications.append(
-            Notification(
-                device_id=device.device_id,
-                push_type=reg.type,
-                token=reg.token,
-                push_id=compose.push_id(f"{device.device_id}/{reg.type}", "test", f"{now:.6f}"),
-                kind="test",
-                apns=req if isinstance(req, ApnsRequest) else None,
-                fcm=None if isinstance(req, ApnsRequest) else req,
-            )
+            notification_for(device.device_id, reg.type, reg.token, "test", f"{now:.6f}", req, time.monotonic())
         )
     results = await asyncio.gather(*(ctx.bridge.dispatcher.send_now(n) for n in notifications))
     out = [result_dict(n, r) for n, r in zip(notifications, results, strict=True)]
     return ok({"deviceId": deviceId, "results": out})
-
-
-async def _status(ctx: ApiContext, device_id: str) -> dict[str, Any] | None:
-    """What the worker serving the device knows: this process's pool, or the one it published."""
-    return await ctx.bridge.device_status(device_id)

@@ -81,8 +81,6 @@ class EventRecord:
     room: str | None
     decision: str
     reason: str
-    message_id: str | None = None
-    version_ms: int = 0
     source: str = "live"
     push_ids: list[str] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -586,8 +584,6 @@ class WorkerPool:
         )
         record.source = source
         if isinstance(payload, Message):
-            record.message_id = payload.id
-            record.version_ms = payload.version_ms
             rt.note_message(payload)
         rt.history.append(record)
         self._status_dirty.add(device.device_id)
@@ -630,7 +626,7 @@ class WorkerPool:
                 log.warning("notification cannot be composed", extra={"device_id": device.device_id, "error": str(exc)})
                 record.results.append({"type": reg.type, "outcome": "failed", "reason": "compose_error"})
                 continue
-            n = _notification(device.device_id, reg.type, reg.token, kind, ident, req, received_at)
+            n = notification_for(device.device_id, reg.type, reg.token, kind, ident, req, received_at)
             record.push_ids.append(n.push_id)
             if isinstance(payload, Message):
                 rt.pending[n.push_id] = payload.version_ms
@@ -702,7 +698,7 @@ class WorkerPool:
         now = time.time()
         record = EventRecord(
             at=now, event="summary", id=summary.newest.id, room=summary.room_id, decision="pushed",
-            reason=Reason.PUSHED.value, message_id=summary.newest.id, version_ms=summary.newest.version_ms, source="backfill",
+            reason=Reason.PUSHED.value, source="backfill",
         )
         rt.history.append(record)
         rt.seen.add(f"m:{summary.newest.id}")
@@ -713,7 +709,7 @@ class WorkerPool:
             target = compose.Target(push_type=reg.type, locale=device.locale, badge=user.badge, content=self._settings.push_content)
             req = compose.compose_summary(summary.room_id, summary.count, target, now=now, room_name=summary.room_name or user.room_names.get(summary.room_id))
             ident = f"{summary.room_id}:{summary.newest.id}"
-            n = _notification(device.device_id, reg.type, reg.token, "summary", ident, req, time.monotonic())
+            n = notification_for(device.device_id, reg.type, reg.token, "summary", ident, req, time.monotonic())
             record.push_ids.append(n.push_id)
             rt.pending[n.push_id] = summary.newest.version_ms
             if not await self._dispatcher.submit(n):
@@ -738,7 +734,7 @@ class WorkerPool:
             reg = regs[push_type]
             target = compose.Target(push_type=reg.type, locale=device.locale, badge=badge)
             req = compose.compose_badge(target, badge, now=now)
-            n = _notification(
+            n = notification_for(
                 device.device_id, reg.type, reg.token, "badge", f"{badge}:{now:.3f}", req, time.monotonic()
             )
             await self._dispatcher.submit(n)
@@ -840,7 +836,7 @@ def _room_of(payload: Any) -> str | None:
     return None
 
 
-def _notification(
+def notification_for(
     device_id: str,
     push_type: str,
     token: str,
@@ -849,6 +845,7 @@ def _notification(
     req: Any,
     received_at: float,
 ) -> Notification:
+    """One push of a composed request to one token; its id is stable per (device, type, kind, ident)."""
     return Notification(
         device_id=device_id,
         push_type=push_type,
