@@ -7,8 +7,9 @@ Each party runs in a process of its own, so each is measured alone:
 - the bridge: ``python -m bridge serve`` with an SQLite store in a temporary directory, its RSS and
   CPU read from ``/proc/<pid>``;
 - the load: this process (users, registrations, control calls), a separate ``python -m
-  bridge.bench api-load`` process for ``api``, and ``python -m bridge.bench bare`` for the
-  bare-library baseline of ``throughput``.
+  bridge.bench api-load`` process for ``api``, ``python -m bridge.bench bare`` for the
+  bare-library baseline of ``throughput``, and ``python -m bridge.bench_floor`` for the floor of
+  ``rooms`` (run after the bridge has stopped, never beside it).
 
 Scenarios (see docs/benchmarks.md for what each one measures and the goals):
 
@@ -16,7 +17,12 @@ Scenarios (see docs/benchmarks.md for what each one measures and the goals):
 - ``storm``: N sessions to all live after IMKIT drops them all, and from a cold start;
 - ``latency``: R chat messages per second over N backgrounded devices, emit → provider p50..max;
 - ``throughput``: pushes per second through the whole bridge vs. a bare library loop;
-- ``api``: subscribe and state calls per second and their latency, from a load process.
+- ``api``: subscribe and state calls per second and their latency, from a load process;
+- ``rooms``: chat-shaped fan-out (N devices in rooms of M, R messages/s), emit → provider per
+  push, per tenth of the run, bridge CPU, the highest sustained rate (``find_max``), beside the
+  bare-library floor measured in the same run (``python -m bridge.bench_floor``);
+- ``steady``: idle RSS per live session at several counts, RSS growth per device after K
+  messages each, and the longest GC pause (``bridge_gc_longest_pause_seconds``).
 
 :func:`run_bench` returns a JSON-able dict; the CLI writes it to ``--output``. Narration goes to a
 rich console (progress bars, a summary table); nothing here uses ``print``.
@@ -39,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
@@ -56,18 +62,33 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bridge.bench_sims import proc_usage, raise_nofile
+from bridge.bench_sims import proc_usage, raise_nofile, run_queue_wait
 
-SCENARIOS = ("sessions", "storm", "latency", "throughput", "api")
+SCENARIOS = ("sessions", "storm", "latency", "throughput", "api", "rooms", "steady")
 ADMIN_TOKEN = "bench-admin-token"
 SENDER = "bench-sender"
-#: The goals of issue 7 (reported against, never asserted).
+#: The goals of issue 7 and issue 12 (reported against, never asserted).
 GOALS = {
     "kib_per_session": 40.0,
     "storm_seconds": 20.0,
     "latency_p99_ms": 25.0,
     "throughput_ratio": 0.8,
+    # rooms: p99 within this many times the floor's; max sustained at least this share of it
+    "rooms_p99_vs_floor": 2.0,
+    "rooms_max_vs_floor": 0.8,
+    # steady: KiB per idle live session below 10,000 sessions / from 10,000 on
+    "steady_kib_per_session": 32.0,
+    "steady_kib_per_session_10k": 30.0,
+    "steady_growth_kib_per_device": 16.0,
+    "steady_gc_pause_ms": 50.0,
 }
+#: Defaults that differ by scenario (an option the caller leaves at None takes these).
+SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rooms": {"sessions": 2000, "rate": 20.0, "duration": 30.0, "ios_share": 1.0},
+    "steady": {"sessions": ["2000", "10000"]},
+}
+#: ``steady --sessions max`` leaves this many descriptors of the open-files limit for the rest.
+NOFILE_RESERVE = 1000
 
 
 class BenchError(RuntimeError):
@@ -95,11 +116,38 @@ class Options:
     split_sims: bool = False
     keep: bool = False
     quiet: bool = False
+    # rooms
+    room_size: int = 50
+    fcm_share: float | None = None
+    find_max: bool = False
+    step_rates: str = "250,500,750,1000,1250,1500"
+    step_duration: float = 10.0
+    max_growth_ms: float = 100.0
+    floor: bool = True
+    floor_gc: str = "frozen"
+    # steady: idle session counts ("max": the open-files limit less NOFILE_RESERVE), growth phase
+    session_counts: tuple[str, ...] = ()
+    messages: int = 3000
+    growth_devices: int = 20
+    growth_state: str = "foreground"
+    growth_rate: float | None = None
 
     @classmethod
-    def from_dict(cls, opts: dict[str, Any]) -> Options:
+    def from_dict(cls, opts: dict[str, Any], scenario: str | None = None) -> Options:
+        """``opts`` over the scenario's defaults; ``sessions`` may be a list (the CLI's ``-n A B``)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in opts.items() if k in names and v is not None})
+        given = {k: v for k, v in opts.items() if k in names and v is not None}
+        merged = {**SCENARIO_DEFAULTS.get(scenario or "", {}), **given}
+        sessions = merged.get("sessions")
+        if isinstance(sessions, list | tuple):
+            counts = tuple(str(x) for x in sessions)
+            if scenario != "steady" and (len(counts) != 1 or not counts[0].isdigit()):
+                raise ValueError(f"{scenario} takes one number of sessions, not {' '.join(counts)}")
+            merged["session_counts"] = counts
+            merged["sessions"] = max((int(c) for c in counts if c.isdigit()), default=1000)
+        if merged.get("fcm_share") is not None:
+            merged["ios_share"] = 1.0 - float(merged["fcm_share"])
+        return cls(**merged)
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
@@ -303,6 +351,8 @@ class Harness:
         self.bridge_url = ""
         self._http: aiohttp.ClientSession | None = None
         self._user_seq = 0
+        #: ``POST /me/subscribe`` calls repeated after a 429/503 or a connection error
+        self.subscribe_retries = 0
         self.prof = Profiler(opts.profile)
 
     # -- lifecycle
@@ -488,9 +538,55 @@ class Harness:
         )
         return stats
 
-    async def reset_arrivals(self) -> None:
+    async def reset_arrivals(self, *, per_push: bool = False) -> None:
+        """Forget emits and arrivals; ``per_push`` also records every push (``GET /bench/pushes``)."""
         for part in self.sims_info:
-            await self.post_json(f"{self.sims_info[part]['control']}/bench/reset", {})
+            await self.post_json(
+                f"{self.sims_info[part]['control']}/bench/reset", {"per_push": per_push}
+            )
+
+    def spawn(
+        self, name: str, argv: list[str], spec: dict[str, Any], env: dict[str, str] | None = None
+    ) -> tuple[Child, Path]:
+        """Start ``python -m ARGV... SPEC OUT`` with ``spec`` as a JSON file; returns it and OUT."""
+        slug = name.replace(" ", "-")
+        spec_file, out = self.tmp / f"{slug}.json", self.tmp / f"{slug}.out.json"
+        spec_file.write_text(json.dumps(spec))
+        child = Child(
+            name,
+            [sys.executable, "-m", *argv, str(spec_file), str(out)],
+            env or dict(os.environ),
+            self.tmp / f"{slug}.log",
+            self.tmp,
+        )
+        return child, out
+
+    async def run_to_end(
+        self,
+        child: Child,
+        what: str,
+        timeout: float,  # noqa: ASYNC109 - a deadline for the whole child
+        *,
+        total: int | None = None,
+        done_so_far: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
+        """Wait for ``child`` to exit 0 (a progress bar of ``done_so_far()`` out of ``total``)."""
+        with self.ui.progress(what, total) as update:
+
+            async def finished() -> bool:
+                if self.bridge is not None:
+                    self.bridge.check()
+                if done_so_far is not None:
+                    with contextlib.suppress(aiohttp.ClientError, KeyError):
+                        update(await done_so_far())
+                if child.alive():
+                    return False
+                if child.proc.returncode != 0:
+                    raise BenchError(f"{child.name} failed:\n{child.tail()}")
+                return True
+
+            await wait_until(finished, timeout, child.name)
+        await child.stop()
 
     # -- population
 
@@ -519,8 +615,10 @@ class Harness:
                 )
         return devices
 
-    async def register(self, devices: list[BenchDevice], concurrency: int = 64) -> dict[str, Any]:
-        """``POST /me/subscribe`` every device (background); returns the rate and latency seen."""
+    async def register(
+        self, devices: list[BenchDevice], concurrency: int = 64, *, state: str = "background"
+    ) -> dict[str, Any]:
+        """``POST /me/subscribe`` every device (in ``state``); returns the rate and latency seen."""
         latencies: list[float] = []
         statuses: Counter[int] = Counter()
         queue = list(reversed(devices))
@@ -531,13 +629,14 @@ class Harness:
             while queue:
                 d = queue.pop()
                 t = time.monotonic()
-                status = await self._subscribe(d)
+                status = await self._subscribe(d, state)
                 latencies.append((time.monotonic() - t) * 1000)
                 statuses[status] += 1
                 done += 1
                 update(done)
 
         t0 = time.monotonic()
+        retries0 = self.subscribe_retries
         with self.ui.progress(f"registering {len(devices)} devices", len(devices)) as update:
             await asyncio.gather(*(worker(update) for _ in range(min(concurrency, len(devices)))))
         seconds = time.monotonic() - t0
@@ -548,16 +647,21 @@ class Harness:
             "seconds": round(seconds, 2),
             "per_second": round(len(devices) / seconds, 1) if seconds else None,
             "latency_ms": summarize(latencies),
+            "retries": self.subscribe_retries - retries0,
         }
 
-    async def _subscribe(self, d: BenchDevice) -> int:
-        body = {
+    async def _subscribe(self, d: BenchDevice, state: str = "background") -> int:
+        body: dict[str, Any] = {
             "type": d.type,
             "token": d.push_token,
             "deviceId": d.device_id,
-            "state": "background",
+            "state": state,
         }
-        for attempt in range(5):
+        if state == "foreground":
+            body["ttl"] = 3600  # the longest allowed: a run must not see it lapse
+        status = 503
+        for attempt in range(8):
+            delay = 0.2 * (attempt + 1)
             try:
                 async with self.http.post(
                     f"{self.bridge_url}/me/subscribe",
@@ -565,13 +669,18 @@ class Harness:
                     headers={"IM-Authorization": d.token},
                 ) as r:
                     await r.read()
-                    if r.status not in (429, 503):
-                        return r.status
+                    status = r.status
+                    if status not in (429, 503):
+                        return status
+                    # As an app would: wait as told (a busy IMKIT behind a connect burst).
+                    with contextlib.suppress(ValueError):
+                        delay = min(5.0, float(r.headers.get("Retry-After", delay)))
             except aiohttp.ClientError:
                 if self.bridge is not None:
                     self.bridge.check()
-            await asyncio.sleep(0.2 * (attempt + 1))
-        return 503
+            self.subscribe_retries += 1
+            await asyncio.sleep(delay)
+        return status
 
     async def wait_live(
         self,
@@ -1035,9 +1144,18 @@ async def _arrived_total(h: Harness) -> int:
 
 
 async def _emit_and_wait(
-    h: Harness, rooms: list[str], count: int, rate: float, expect: int, what: str
+    h: Harness,
+    rooms: list[str],
+    count: int,
+    rate: float,
+    expect: int,
+    what: str,
+    *,
+    arrived_total: Callable[[], Awaitable[int]] | None = None,
 ) -> dict[str, Any]:
-    """Have IMKIT send ``count`` messages; wait for the emission and ``expect`` provider arrivals."""
+    """Have IMKIT send ``count`` messages; wait for the emission and ``expect`` arrivals
+    (counted by ``arrived_total()``, by default the requests the simulated providers received)."""
+    count_arrived = arrived_total or (lambda: _arrived_total(h))
     await h.post_json(
         f"{h.control('imkit')}/bench/emit",
         {"rooms": rooms, "count": count, "rate": rate, "sender": SENDER},
@@ -1049,7 +1167,7 @@ async def _emit_and_wait(
             state.update(await h.get_json(f"{h.control('imkit')}/bench/emit"))
             if state.get("error"):
                 raise BenchError(f"emission failed: {state['error']}")
-            update(await _arrived_total(h))
+            update(await count_arrived())
             return bool(state["done"])
 
         await wait_until(emitted, 60 + count / max(rate, 100) * 3, "the emission")
@@ -1058,7 +1176,7 @@ async def _emit_and_wait(
 
         async def arrived() -> bool:
             nonlocal last, still
-            got = await _arrived_total(h)
+            got = await count_arrived()
             update(got)
             still = still + 1 if got == last else 0
             last = got
@@ -1235,43 +1353,36 @@ def _rate(stats: dict[str, Any]) -> float:
     return float((n - 1) / (last - first))
 
 
-async def _run_bare(h: Harness, provider: str, count: int, concurrency: int) -> dict[str, Any]:
-    spec = h.tmp / f"bare-{provider}.json"
-    out = h.tmp / f"bare-{provider}.out.json"
-    spec.write_text(
-        json.dumps(
-            {
-                "provider": provider,
-                "count": count,
-                "concurrency": concurrency,
-                "env": h.sims_env,
-                "control": h.control("providers"),
-            }
-        )
-    )
+def bare_library_env(h: Harness) -> dict[str, str]:
+    """The environment of a bare-library child: it trusts the simulators' CA the only way
+    firebase-admin can, through process-wide variables."""
     env = dict(os.environ)
-    # The bare library trusts the simulator's CA the only way it can: process-wide variables.
     env["SSL_CERT_FILE"] = env["REQUESTS_CA_BUNDLE"] = h.sims_env["BRIDGE_FCM_CA_FILE"]
-    child = Child(
-        f"bare {provider} loop",
-        [sys.executable, "-m", "bridge.bench", "bare", str(spec), str(out)],
-        env,
-        h.tmp / f"bare-{provider}.log",
-        h.tmp,
+    return env
+
+
+async def _run_bare(h: Harness, provider: str, count: int, concurrency: int) -> dict[str, Any]:
+    spec = {
+        "provider": provider,
+        "count": count,
+        "concurrency": concurrency,
+        "env": h.sims_env,
+        "control": h.control("providers"),
+    }
+    child, out = h.spawn(
+        f"bare {provider} loop", ["bridge.bench", "bare"], spec, bare_library_env(h)
     )
-    with h.ui.progress(f"{count:,} pushes to {provider} from a bare library loop", count) as update:
 
-        async def finished() -> bool:
-            with contextlib.suppress(aiohttp.ClientError, KeyError):
-                update(int((await h.sims_stats("providers"))[provider]["received"]))
-            if child.alive():
-                return False
-            if child.proc.returncode != 0:
-                raise BenchError(f"the bare loop failed:\n{child.tail()}")
-            return True
+    async def received() -> int:
+        return int((await h.sims_stats("providers"))[provider]["received"])
 
-        await wait_until(finished, 120 + count / 100, "the bare loop")
-    await child.stop()
+    await h.run_to_end(
+        child,
+        f"{count:,} pushes to {provider} from a bare library loop",
+        120 + count / 100,
+        total=count,
+        done_so_far=received,
+    )
     answer: dict[str, Any] = json.loads(out.read_text())
     return answer
 
@@ -1283,34 +1394,17 @@ async def _api(h: Harness, o: Options) -> Result:
     registration = await h.register(devices)
     went_live = await h.wait_mostly_live(n, "sessions going live", 60 + n / 20)
     await h.wait_quiet()
-    spec = h.tmp / "api-load.json"
-    out = h.tmp / "api-load.out.json"
-    spec.write_text(json.dumps({
+    spec = {
         "url": h.bridge_url, "concurrency": o.concurrency, "duration": o.duration,
         "devices": [{"deviceId": d.device_id, "token": d.token, "type": d.type, "pushToken": d.push_token} for d in devices],
-    }))  # fmt: skip
+    }  # fmt: skip
     rss0, cpu0 = h.bridge_usage()
     h.profile("api")
     t0 = time.monotonic()
-    child = Child(
-        "api load",
-        [sys.executable, "-m", "bridge.bench", "api-load", str(spec), str(out)],
-        dict(os.environ),
-        h.tmp / "api-load.log",
-        h.tmp,
+    child, out = h.spawn("api load", ["bridge.bench", "api-load"], spec)
+    await h.run_to_end(
+        child, f"API load, {o.concurrency} concurrent calls for {o.duration:g} s", o.duration + 60
     )
-    with h.ui.progress(f"API load, {o.concurrency} concurrent calls for {o.duration:g} s", None):
-
-        async def finished() -> bool:
-            if h.bridge is not None:
-                h.bridge.check()
-            if child.alive():
-                return False
-            if child.proc.returncode != 0:
-                raise BenchError(f"the API load process failed:\n{child.tail()}")
-            return True
-
-        await wait_until(finished, o.duration + 60, "the API load process")
     wall = time.monotonic() - t0
     rss1, cpu1 = h.bridge_usage()
     await h.prof.stop()
@@ -1340,6 +1434,707 @@ async def _api(h: Harness, o: Options) -> Result:
         "bridge_rss_kib": rss1,
         "summary": summary,
     }
+
+
+# ---------------------------------------------------------------------- rooms: chat-shaped fan-out
+
+
+def message_index(message_id: str) -> int:
+    """The number that ends a bench message id (``b3-0000042`` → 42): its place in the emission."""
+    return int(message_id.rpartition("-")[2])
+
+
+@dataclass
+class RoomPlan:
+    """Devices in rooms: ``rooms[r]`` holds the indices (into ``devices``) of room ``r``'s members.
+
+    Messages go round-robin over the rooms (the emitter's and the floor's alike), so message ``i``
+    goes to room ``i % len(rooms)`` and owes a push to every member of it.
+    """
+
+    devices: list[BenchDevice]
+    rooms: list[list[int]]
+    #: push token -> device index
+    by_token: dict[str, int]
+
+    @classmethod
+    def build(cls, devices: list[BenchDevice], size: int) -> RoomPlan:
+        idx = list(range(len(devices)))
+        rooms = [idx[i : i + size] for i in range(0, len(devices), max(1, size))]
+        return cls(devices, rooms, {d.push_token: i for i, d in enumerate(devices)})
+
+    @property
+    def ids(self) -> list[str]:
+        return [f"room-{r:05d}" for r in range(len(self.rooms))]
+
+    @property
+    def per_message(self) -> float:
+        """Pushes per message, on average over the rooms."""
+        return len(self.devices) / len(self.rooms)
+
+    def expected(self, count: int) -> int:
+        """Pushes owed for messages ``0 .. count-1``."""
+        return sum(len(self.rooms[i % len(self.rooms)]) for i in range(count))
+
+
+def _p50_p99(values: list[float]) -> dict[str, float]:
+    s = summarize(values)
+    return {k: s[k] for k in ("n", "p50", "p99") if k in s}
+
+
+def analyse_pushes(
+    emitted: dict[str, float],
+    arrivals: Iterable[tuple[str, int, float, str]],
+    plan: RoomPlan,
+    *,
+    started: float,
+    span: float,
+) -> dict[str, Any]:
+    """Per-push figures of one window, from ``(message id, device index, time, channel)`` arrivals.
+
+    Only messages in ``emitted`` (id → emit time) count. Each owes a push to every member of its
+    room; a (message, device) pair seen again is a duplicate, a device outside the room (index -1:
+    an unknown token) unexpected. Latency is arrival − emit in ms, per channel (provider, or
+    ``socket.io`` for the receiving floor), and per tenth of ``span`` seconds after ``started``
+    by emit time, so warm-up and a growing backlog show.
+    """
+    members = [set(room) for room in plan.rooms]
+    seen: set[tuple[str, int]] = set()
+    duplicate = unexpected = 0
+    by_channel: dict[str, list[float]] = {}
+    tenths: list[list[float]] = [[] for _ in range(10)]
+    for mid, device, at, channel in arrivals:
+        emit = emitted.get(mid)
+        if emit is None:
+            continue
+        if device not in members[message_index(mid) % len(members)]:
+            unexpected += 1
+            continue
+        if (mid, device) in seen:
+            duplicate += 1
+            continue
+        seen.add((mid, device))
+        ms = (at - emit) * 1000
+        by_channel.setdefault(channel, []).append(ms)
+        tenths[min(9, max(0, int((emit - started) / span * 10))) if span > 0 else 0].append(ms)
+    expected = sum(len(plan.rooms[message_index(mid) % len(plan.rooms)]) for mid in emitted)
+    everything = [ms for values in by_channel.values() for ms in values]
+    return {
+        "messages": len(emitted),
+        "expected": expected,
+        "received": len(seen),
+        "missing": expected - len(seen),
+        "duplicate": duplicate,
+        "unexpected": unexpected,
+        "latency_ms": {
+            "all": summarize(everything),
+            **{c: summarize(v) for c, v in sorted(by_channel.items())},
+        },
+        "tenths": [{"tenth": k + 1, **_p50_p99(v)} for k, v in enumerate(tenths)],
+    }
+
+
+def backlog_growth_ms(window: dict[str, Any]) -> float | None:
+    """p50 of the last tenth with pushes minus the first's: > 0 when the backlog grew."""
+    tenths = [t for t in window["tenths"] if t.get("n")]
+    if len(tenths) < 2:
+        return None
+    return float(tenths[-1]["p50"] - tenths[0]["p50"])
+
+
+async def _create_rooms(h: Harness, plan: RoomPlan) -> None:
+    rooms = [
+        {"roomId": rid, "members": [SENDER, *(plan.devices[i].client_id for i in room)]}
+        for rid, room in zip(plan.ids, plan.rooms, strict=True)
+    ]
+    for lo in range(0, len(rooms), 200):
+        await h.post_json(f"{h.control('imkit')}/bench/rooms", {"rooms": rooms[lo : lo + 200]})
+
+
+async def _rooms_window(
+    h: Harness, plan: RoomPlan, rate: float, duration: float, what: str, profile: str | None = None
+) -> dict[str, Any]:
+    """One measured emission through the bridge, ``rate`` messages/s for ``duration`` s: every
+    push joined with its message's emit time, bridge and simulators' CPU over emission + drain."""
+    await h.reset_arrivals(per_push=True)
+    count = max(1, round(rate * duration))
+    assert h.bridge is not None
+    cpu0, wait0 = h.bridge_usage()[1], run_queue_wait(h.bridge.pid)
+    load0 = os.getloadavg()[0]
+    sims0 = {part: proc_usage(pid)[1] for part, pid in h.sims_pids().items()}
+    if profile:
+        h.profile(profile)
+    t0 = time.monotonic()
+    state = await _emit_and_wait(h, plan.ids, count, rate, plan.expected(count), what)
+    wall = time.monotonic() - t0
+    cpu, wait = h.bridge_usage()[1] - cpu0, run_queue_wait(h.bridge.pid) - wait0
+    sims_cpu = {
+        part: round(100 * (proc_usage(pid)[1] - sims0[part]) / wall, 1)
+        for part, pid in h.sims_pids().items()
+    }
+    await h.prof.stop()
+    emitted = (await h.get_json(f"{h.control('imkit')}/bench/latencies"))["emitted"]
+    pushes = await h.get_json(f"{h.control('providers')}/bench/pushes")
+    refused: Counter[str] = Counter()
+    arrivals: list[tuple[str, int, float, str]] = []
+    for provider, records in pushes.items():
+        for mid, token, at, status in records:
+            if status == 200:
+                arrivals.append((mid, plan.by_token.get(token, -1), at, provider))
+            else:
+                refused[f"{provider} {status}"] += 1
+    figures = analyse_pushes(emitted, arrivals, plan, started=state["started"], span=duration)
+    span = state["finished"] - state["started"]
+    emit_rate = (state["emitted"] - 1) / span if state["emitted"] > 1 and span > 0 else rate
+    return {
+        "rate": rate,
+        "pushes_per_second": round(rate * plan.per_message, 1),
+        "duration": duration,
+        "emitted": state["emitted"],
+        "achieved_emit_rate": round(emit_rate, 1),
+        **figures,
+        "refused": dict(refused),
+        "seconds_incl_drain": round(wall, 2),
+        "bridge_cpu_percent": round(100 * cpu / wall, 1),
+        # Ready to run but no CPU free: what other processes on the machine cost the bridge.
+        "bridge_cpu_wait_percent": round(100 * wait / wall, 1),
+        "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "sims_cpu_percent": sims_cpu,
+    }
+
+
+async def _find_max(h: Harness, o: Options, plan: RoomPlan) -> dict[str, Any]:
+    """Step the push rate up (``o.step_rates``) until a step is not sustained; each step starts
+    with an empty backlog. Sustained: the simulator emitted at ≥ 95 % of the rate, every push
+    arrived, and the p50 of the last tenth is at most ``o.max_growth_ms`` above the first's."""
+    rates = [float(r) for r in o.step_rates.split(",") if r.strip()]
+    steps: list[dict[str, Any]] = []
+    best = 0.0
+    for pushes in rates:
+        w = await _rooms_window(
+            h, plan, pushes / plan.per_message, o.step_duration,
+            f"find-max: {pushes:,.0f} pushes/s for {o.step_duration:g} s",
+        )  # fmt: skip
+        growth = backlog_growth_ms(w)
+        emitter_ok = w["achieved_emit_rate"] >= 0.95 * w["rate"]
+        sustained = (
+            emitter_ok and w["missing"] == 0 and growth is not None and growth <= o.max_growth_ms
+        )
+        steps.append(
+            {
+                "pushes_per_second": pushes,
+                "sustained": sustained,
+                "emitter_ok": emitter_ok,
+                "backlog_growth_ms": None if growth is None else round(growth, 1),
+                **{k: w[k] for k in ("rate", "achieved_emit_rate", "expected", "received",
+                                     "missing", "duplicate", "latency_ms", "tenths",
+                                     "bridge_cpu_percent", "bridge_cpu_wait_percent",
+                                     "load_average", "sims_cpu_percent")},
+            }
+        )  # fmt: skip
+        if not sustained:
+            break
+        best = pushes
+    return {
+        "max_sustained_pushes_per_second": best,
+        "top_step_sustained": bool(steps) and steps[-1]["sustained"],
+        "max_growth_ms": o.max_growth_ms,
+        "step_duration": o.step_duration,
+        "steps": steps,
+    }
+
+
+def _status_of(path: Path) -> dict[str, Any]:
+    """The JSON a floor child rewrites as it goes (``{}`` before its first write)."""
+    with contextlib.suppress(OSError, ValueError):
+        status: dict[str, Any] = json.loads(path.read_text())
+        return status
+    return {}
+
+
+async def _floor_receive(
+    h: Harness, o: Options, plan: RoomPlan, rate: float, duration: float
+) -> dict[str, Any]:
+    """Bare python-socketio clients, one per device, receiving the same load from the same IMKIT."""
+
+    async def bridge_gone() -> bool:
+        return int((await h.sims_stats("imkit"))["imkit"]["connected_sockets"]) == 0
+
+    await wait_until(bridge_gone, 60, "the bridge's sockets to close")
+    n = len(plan.devices)
+    status = h.tmp / "floor-receive.status.json"
+    spec = {
+        "url": h.imkit_url,
+        "tokens": [d.token for d in plan.devices],
+        "freeze": o.floor_gc == "frozen",
+        "status": str(status),
+    }
+    child, out = h.spawn("floor receive", ["bridge.bench_floor", "receive"], spec)
+    try:
+        with h.ui.progress(f"floor: {n:,} bare socket.io clients connecting", n) as update:
+
+            async def connected() -> bool:
+                child.check()
+                st = _status_of(status)
+                update(st.get("live", 0))
+                return bool(st.get("ready"))
+
+            await wait_until(connected, 60 + n / 20, "the bare clients to connect")
+        st = _status_of(status)
+        if st["failed"]:
+            h.ui.note(f"[yellow]{st['failed']} of {n} bare clients could not connect[/yellow]")
+        base = 0
+
+        async def received() -> int:
+            child.check()
+            return int(_status_of(status).get("received", 0)) - base
+
+        await h.reset_arrivals()
+        base = int(st["received"])
+        warm = len(plan.rooms)
+        await _emit_and_wait(
+            h, plan.ids, warm, rate, plan.expected(warm), "floor: warm-up", arrived_total=received
+        )
+        await h.reset_arrivals()
+        base = int(_status_of(status)["received"])
+        count = max(1, round(rate * duration))
+        cpu0, wait0 = proc_usage(child.pid)[1], run_queue_wait(child.pid)
+        t0 = time.monotonic()
+        state = await _emit_and_wait(
+            h, plan.ids, count, rate, plan.expected(count),
+            f"floor: bare socket.io clients receiving {rate:g} messages/s", arrived_total=received,
+        )  # fmt: skip
+        wall = time.monotonic() - t0
+        cpu, wait = proc_usage(child.pid)[1] - cpu0, run_queue_wait(child.pid) - wait0
+    finally:
+        code = await child.stop()
+    if code != 0 or not out.exists():
+        raise BenchError(f"{child.name} failed:\n{child.tail()}")
+    answer = json.loads(out.read_text())
+    emitted = (await h.get_json(f"{h.control('imkit')}/bench/latencies"))["emitted"]
+    arrivals = [(mid, i, t, "socket.io") for mid, i, t in answer["arrivals"]]
+    figures = analyse_pushes(emitted, arrivals, plan, started=state["started"], span=duration)
+    return {
+        "clients": n,
+        "connected": answer["live"],
+        "failed": answer["failed"],
+        "connect_seconds": answer["connect_seconds"],
+        "gc": o.floor_gc,
+        **figures,
+        "cpu_percent": round(100 * cpu / wall, 1),
+        "cpu_wait_percent": round(100 * wait / wall, 1),
+    }
+
+
+async def _floor_send(
+    h: Harness, o: Options, plan: RoomPlan, rate: float, duration: float
+) -> dict[str, Any]:
+    """aioapns / firebase-admin alone sending each message's pushes as one burst, at ``rate``."""
+    count = max(1, round(rate * duration))
+    spec = {
+        "env": h.sims_env,
+        "control": h.control("providers"),
+        "rooms": [
+            [["apns" if plan.devices[i].type == "ios" else "fcm", plan.devices[i].push_token]
+             for i in room]
+            for room in plan.rooms
+        ],
+        "rate": rate,
+        "count": count,
+        "warm": len(plan.rooms),
+        "freeze": o.floor_gc == "frozen",
+    }  # fmt: skip
+    child, out = h.spawn("floor send", ["bridge.bench_floor", "send"], spec, bare_library_env(h))
+    await h.run_to_end(
+        child,
+        f"floor: bare libraries sending {rate:g} bursts/s",
+        120 + 3 * duration + count / 10,
+        total=plan.expected(count),
+        done_so_far=lambda: _arrived_total(h),
+    )
+    answer = json.loads(out.read_text())
+    pushes = await h.get_json(f"{h.control('providers')}/bench/pushes")
+    arrivals = [
+        (mid, plan.by_token.get(token, -1), at, provider)
+        for provider, records in pushes.items()
+        for mid, token, at, status in records
+        if status == 200
+    ]
+    figures = analyse_pushes(
+        answer["emitted"], arrivals, plan, started=answer["started"], span=duration
+    )
+    return {
+        **figures,
+        "outcomes": answer["outcomes"],
+        "achieved_rate": answer["achieved_rate"],
+        "gc": o.floor_gc,
+        "cpu_percent": round(100 * answer["cpu_seconds"] / answer["seconds"], 1),
+        "cpu_wait_percent": round(100 * answer["cpu_wait_seconds"] / answer["seconds"], 1),
+    }
+
+
+def _ms(s: dict[str, Any], key: str) -> str:
+    return f"{s[key]:,.1f}" if key in s else "–"
+
+
+async def _rooms(h: Harness, o: Options) -> Result:
+    n, m, rate = o.sessions, o.room_size, o.rate
+    await h.start_bridge()
+    devices = await h.create_devices(n, o.ios_share)
+    registration = await h.register(devices)
+    went_live = await h.wait_mostly_live(n, "sessions going live", 60 + n / 20)
+    plan = RoomPlan.build(devices, m)
+    # Rooms only now: each connect's backfill scans the user's rooms, and this keeps it cheap.
+    await _create_rooms(h, plan)
+    await h.wait_quiet()
+    # Warm-up: a message to every room (provider connections, tokens, each room's first event).
+    warm = len(plan.rooms)
+    await h.reset_arrivals()
+    await _emit_and_wait(
+        h, plan.ids, warm, rate, plan.expected(warm), "warm-up: a message to every room"
+    )
+    pushes_s = rate * plan.per_message
+    gc_before = await _gc_pause_s(h)
+    main = await _rooms_window(
+        h, plan, rate, o.duration,
+        f"{rate:g} messages/s × {plan.per_message:g} = {pushes_s:,.0f} pushes/s for {o.duration:g} s",
+        profile="rooms",
+    )  # fmt: skip
+    gc = gc_phase(gc_before, await _gc_pause_s(h))
+    found = await _find_max(h, o, plan) if o.find_max else None
+    rss, _ = h.bridge_usage()
+    await h.stop_bridge()
+    floor: dict[str, Any] | None = None
+    if o.floor:
+        floor = {
+            "receive": await _floor_receive(h, o, plan, rate, o.duration),
+            "send": await _floor_send(h, o, plan, rate, o.duration),
+        }
+        cpu = floor["receive"]["cpu_percent"] + floor["send"]["cpu_percent"]
+        # Receiving and sending in one process would need both shares of one core.
+        floor["capacity_estimate"] = round(pushes_s * 100 / cpu, 1) if cpu > 0 else None
+    ios = sum(1 for d in devices if d.type == "ios")
+    out: dict[str, Any] = {
+        "devices": n,
+        "room_size": m,
+        "rooms": len(plan.rooms),
+        "apns_devices": ios,
+        "fcm_devices": n - ios,
+        "rate": rate,
+        "pushes_per_second": round(pushes_s, 1),
+        "duration": o.duration,
+        "registration": registration,
+        "went_live": went_live,
+        "bridge": main,
+        "find_max": found,
+        "floor": floor,
+        "bridge_rss_kib": rss,
+        "bridge_gc_longest_pause": gc,
+    }
+    out["summary"], out["tables"] = _rooms_report(out)
+    return out
+
+
+def _rooms_report(r: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
+    """The summary rows and the per-tenth / find-max tables of a ``rooms`` result."""
+    b, floor, found = r["bridge"], r["floor"], r["find_max"]
+    lat = b["latency_ms"]
+    rows: list[tuple[str, str, str]] = [
+        ("devices", f"{r['devices']:,} in {r['rooms']:,} rooms of {r['room_size']} "
+                    f"(APNs {r['apns_devices']:,}, FCM {r['fcm_devices']:,})"
+                    + (f"; {r['went_live']['not_live']:,} never went live" if r["went_live"]["not_live"] else ""),
+         ""),
+        ("load", f"{r['rate']:g} msg/s = {r['pushes_per_second']:,.0f} pushes/s for {r['duration']:g} s "
+                 f"(emitted {b['emitted']:,} at {b['achieved_emit_rate']:g}/s)", ""),
+        ("pushes expected / received", f"{b['expected']:,} / {b['received']:,}", ""),
+        ("  missing / duplicate", f"{b['missing']:,} / {b['duplicate']:,}",
+         _goal(b["missing"] == 0 and b["duplicate"] == 0, "none")),
+    ]  # fmt: skip
+    for channel in [c for c in ("all", "apns", "fcm") if c in lat]:
+        if channel != "all" and len(lat) <= 2:
+            continue  # one provider: "all" says it
+        s = lat[channel]
+        who = "bridge" if channel == "all" else f"  {channel}"
+        rows.append((f"{who}: emit → provider p50 / p95 / p99 / max",
+                     f"{_ms(s, 'p50')} / {_ms(s, 'p95')} / {_ms(s, 'p99')} / {_ms(s, 'max')} ms", ""))  # fmt: skip
+    rows.append(("bridge CPU (emission + drain)",
+                 f"{b['bridge_cpu_percent']:.0f} % of a core; waited for a CPU "
+                 f"{b['bridge_cpu_wait_percent']:.0f} % of the time (load {b['load_average'][0]:g})", ""))  # fmt: skip
+    rows.append(
+        (
+            "simulators' CPU",
+            ", ".join(f"{k} {v:.0f} %" for k, v in b["sims_cpu_percent"].items()),
+            "",
+        )
+    )
+    rows.append(
+        _gc_row(
+            "bridge longest GC pause (measured window)", r["bridge_gc_longest_pause"], goal=False
+        )
+    )
+    if floor:
+        rec, snd = floor["receive"], floor["send"]
+        rs = rec["latency_ms"]["all"]
+        rows.append((f"floor: receive, {rec['clients']:,} bare socket.io clients ({rec['gc']} heap)",
+                     f"p50 {_ms(rs, 'p50')} / p99 {_ms(rs, 'p99')} ms at {rec['cpu_percent']:.0f} % CPU "
+                     f"(waited {rec['cpu_wait_percent']:.0f} %); {rec['missing']:,} missing", ""))  # fmt: skip
+        for provider, lib in (("apns", "aioapns"), ("fcm", "firebase-admin send_each_async")):
+            ss = snd["latency_ms"].get(provider)
+            if ss:
+                rows.append((f"floor: send {provider}, {lib}, a burst per message",
+                             f"p50 {_ms(ss, 'p50')} / p99 {_ms(ss, 'p99')} ms", ""))  # fmt: skip
+        rows.append(
+            (
+                "floor: send CPU",
+                f"{snd['cpu_percent']:.0f} % (waited {snd['cpu_wait_percent']:.0f} %); "
+                f"{snd['missing']:,} missing",
+                "",
+            )
+        )
+        for provider in ("apns", "fcm"):
+            mine, ss = lat.get(provider), snd["latency_ms"].get(provider)
+            if mine and ss and "p99" in rs:
+                ref = rs["p99"] + ss["p99"]
+                ratio = mine["p99"] / ref if ref else math.inf
+                rows.append((f"bridge {provider} p99 vs floor (receive p99 + send p99)",
+                             f"{mine['p99']:,.1f} vs {ref:,.1f} ms = {ratio:.2f}×",
+                             _goal(ratio <= GOALS["rooms_p99_vs_floor"], "≤ 2×")))  # fmt: skip
+        cap = floor["capacity_estimate"]
+        if cap:
+            rows.append(
+                ("floor: pushes/s in one core (rate ÷ receive + send CPU)", f"{cap:,.0f}", "")
+            )
+    if found:
+        best = found["max_sustained_pushes_per_second"]
+        tried = ", ".join(
+            f"{s['pushes_per_second']:,.0f}{'' if s['sustained'] else ' ✗'}" for s in found["steps"]
+        )
+        text = f"{'≥ ' if found['top_step_sustained'] else ''}{best:,.0f} (steps: {tried})"
+        cap = floor["capacity_estimate"] if floor else None
+        goal = (
+            _goal(best >= GOALS["rooms_max_vs_floor"] * cap, f"≥ 0.8 × {cap:,.0f}") if cap else ""
+        )
+        rows.append(("bridge: max sustained pushes/s", text, goal))
+    tenth_cols = ["tenth", "pushes", "bridge p50", "bridge p99"]
+    floor_tenths: list[list[dict[str, Any]]] = []
+    if floor:
+        tenth_cols += ["receive floor p50", "p99", "send floor p50", "p99"]
+        floor_tenths = [floor["receive"]["tenths"], floor["send"]["tenths"]]
+    tenth_rows = []
+    for k, t in enumerate(b["tenths"]):
+        row = [str(t["tenth"]), f"{t.get('n', 0):,}", _ms(t, "p50"), _ms(t, "p99")]
+        for ft in floor_tenths:
+            row += [_ms(ft[k], "p50"), _ms(ft[k], "p99")]
+        tenth_rows.append(row)
+    tables = [
+        {
+            "title": "per tenth of the run (by emit time), ms",
+            "columns": tenth_cols,
+            "rows": tenth_rows,
+        }
+    ]
+    if found:
+        tables.append({
+            "title": f"find-max: {found['step_duration']:g} s per step, sustained if all arrive and "
+                     f"the last tenth's p50 ≤ the first's + {found['max_growth_ms']:g} ms",
+            "columns": ["pushes/s", "emitted", "received", "missing", "p50 1st → last",
+                        "p99", "CPU / wait", "ok"],
+            "rows": [
+                [f"{s['pushes_per_second']:,.0f}",
+                 f"{s['achieved_emit_rate'] * s['pushes_per_second'] / s['rate']:,.0f}/s"
+                 + ("" if s["emitter_ok"] else " (IMKIT short)"),
+                 f"{s['received']:,}", f"{s['missing']:,}",
+                 " → ".join(_ms(t, "p50") for t in (s["tenths"][0], s["tenths"][-1])),
+                 _ms(s["latency_ms"]["all"], "p99"),
+                 f"{s['bridge_cpu_percent']:.0f} / {s['bridge_cpu_wait_percent']:.0f} %",
+                 "yes" if s["sustained"] else "no"]
+                for s in found["steps"]
+            ],
+        })  # fmt: skip
+    return rows, tables
+
+
+# ---------------------------------------------------------------------- steady: memory and GC
+
+
+def open_files(pid: int) -> int:
+    """How many file descriptors ``pid`` holds."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def session_counts(counts: Sequence[str], limit: int) -> list[int]:
+    """``steady``'s idle counts, ascending: numbers, or ``max`` (the open-files ``limit`` less
+    :data:`NOFILE_RESERVE` for the store, the API, the providers and IMKIT's REST calls)."""
+    out: set[int] = set()
+    for c in counts:
+        if c == "max":
+            out.add(limit - NOFILE_RESERVE)
+        elif c.isdigit() and int(c) > 0:
+            out.add(int(c))
+        else:
+            raise BenchError(f"--sessions takes numbers or 'max', not {c!r}")
+    return sorted(out)
+
+
+async def _gc_pause_s(h: Harness) -> float | None:
+    return (await h.metrics()).get("bridge_gc_longest_pause_seconds")
+
+
+def gc_phase(before: float | None, after: float | None) -> dict[str, Any]:
+    """The longest GC pause of a phase from ``bridge_gc_longest_pause_seconds`` (the longest since
+    the process started) read before and after it: exact when it grew during the phase, else only
+    an upper bound (a pause before the phase, at start-up say, was at least as long)."""
+    if before is None or after is None:
+        return {"seconds": None, "exact": False, "before_phase": before}
+    return {"seconds": after, "exact": after > before, "before_phase": before}
+
+
+def _gc_row(label: str, gc: dict[str, Any], *, goal: bool) -> tuple[str, str, str]:
+    if gc["seconds"] is None:
+        return label, "– (no bridge_gc_longest_pause_seconds)", ""
+    ms = 1000 * gc["seconds"]
+    limit = GOALS["steady_gc_pause_ms"]
+    if gc["exact"]:
+        return label, f"{ms:,.0f} ms", _goal(ms <= limit, f"≤ {limit:g} ms") if goal else ""
+    verdict = "met" if ms <= limit else "not known"
+    text = f"≤ {ms:,.0f} ms (none in this phase beat the one before it)"
+    return label, text, f"≤ {limit:g} ms: {verdict}" if goal else ""
+
+
+async def _steady_idle(h: Harness, devices: list[BenchDevice], limit: int) -> dict[str, Any]:
+    """A fresh bridge (empty store): RSS empty, then with every device registered and live."""
+    n = len(devices)
+    h.opts.sessions = n  # the harness's deadlines scale with it
+    await h.start_bridge(BRIDGE_STORE=f"sqlite:///{h.tmp / f'steady-{n}.db'}")
+    assert h.bridge is not None
+    pid = h.bridge.pid
+    await asyncio.sleep(1.0)
+    rss_empty, _ = h.bridge_usage()
+    gc_before = await _gc_pause_s(h)
+    peak_files = open_files(pid)
+
+    async def sample_files() -> None:
+        nonlocal peak_files
+        while True:
+            with contextlib.suppress(OSError):
+                peak_files = max(peak_files, await asyncio.to_thread(open_files, pid))
+            await asyncio.sleep(1.0)
+
+    sampler = asyncio.create_task(sample_files())
+    try:
+        registration = await h.register(devices)
+        went_live = await h.wait_mostly_live(n, f"{n:,} sessions going live", 60 + n / 20)
+        settle = await h.wait_quiet()
+    finally:
+        sampler.cancel()
+    rss_live, _ = h.bridge_usage()
+    gc = gc_phase(gc_before, await _gc_pause_s(h))
+    await h.stop_bridge()
+    return {
+        "sessions": n,
+        "not_live": went_live["not_live"],
+        "registration": registration,
+        "after_live_settle": settle,
+        "rss_empty_kib": rss_empty,
+        "rss_live_kib": rss_live,
+        "kib_per_session": round((rss_live - rss_empty) / n, 1),
+        "gc_longest_pause": gc,
+        "open_files_peak": peak_files,
+        "open_files_limit": limit,
+    }
+
+
+async def _chat_events(h: Harness) -> int:
+    return int((await h.metrics()).get('bridge_upstream_events_total{event="chat message"}', 0))
+
+
+async def _steady_growth(h: Harness, o: Options) -> dict[str, Any]:
+    """``growth_devices`` devices in one room, each seeing ``messages`` messages: RSS growth."""
+    g, k, state = o.growth_devices, o.messages, o.growth_state
+    pushed = state == "background"
+    # Foreground: nothing is pushed, the bridge only decides. Background: ~400 pushes/s, below
+    # what one bridge process sustains, so no backlog inflates the figure.
+    rate = o.growth_rate or (max(1.0, 400.0 / g) if pushed else 100.0)
+    h.opts.sessions = g
+    await h.start_bridge(BRIDGE_STORE=f"sqlite:///{h.tmp / 'steady-growth.db'}")
+    devices = await h.create_devices(g)
+    registration = await h.register(devices, state=state)
+    await h.wait_mostly_live(g, f"{g} sessions going live ({state})", 60 + g / 20)
+    room = "steady-room"
+    await h.post_json(
+        f"{h.control('imkit')}/bench/rooms",
+        {"rooms": [{"roomId": room, "members": [SENDER, *(d.client_id for d in devices)]}]},
+    )
+    await h.wait_quiet()
+
+    async def send(count: int, what: str) -> None:
+        before = await _chat_events(h)
+        await h.reset_arrivals()
+        await _emit_and_wait(h, [room], count, rate, count * g if pushed else 0, what)
+
+        async def decided() -> bool:
+            return await _chat_events(h) >= before + count * g
+
+        await wait_until(decided, 60 + count * g / 500, "the bridge to take every event")
+
+    # Warm-up: code paths, provider connections and per-process caches are not per-device costs.
+    warm = max(1, min(100, k // 10))
+    await send(warm, f"warm-up: {warm} messages")
+    rss0, cpu0 = h.bridge_usage()
+    gc_before = await _gc_pause_s(h)
+    t0 = time.monotonic()
+    await send(k, f"{k:,} messages to {g} devices ({state}, {rate:g}/s)")
+    wall = time.monotonic() - t0
+    await asyncio.sleep(1.0)  # let the last pushes' buffers go
+    rss1, cpu1 = h.bridge_usage()
+    gc = gc_phase(gc_before, await _gc_pause_s(h))
+    await h.stop_bridge()
+    return {
+        "devices": g,
+        "messages": k,
+        "warmup_messages": warm,
+        "state": state,
+        "rate": rate,
+        "registration": registration,
+        "rss_before_kib": rss0,
+        "rss_after_kib": rss1,
+        "kib_per_device": round((rss1 - rss0) / g, 1),
+        "seconds": round(wall, 1),
+        "bridge_cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
+        "gc_longest_pause": gc,
+    }
+
+
+async def _steady(h: Harness, o: Options) -> Result:
+    limit = raise_nofile()
+    counts = session_counts(o.session_counts or ("2000", "10000"), limit)
+    pool: list[BenchDevice] = []
+    idle = []
+    for n in counts:
+        if len(pool) < n:
+            pool += await h.create_devices(n - len(pool))
+        idle.append(await _steady_idle(h, pool[:n], limit))
+    growth = await _steady_growth(h, o) if o.messages > 0 else None
+    rows: list[tuple[str, str, str]] = []
+    for r in idle:
+        n, kib = r["sessions"], r["kib_per_session"]
+        goal = GOALS["steady_kib_per_session" if n < 10_000 else "steady_kib_per_session_10k"]
+        stuck = f"; {r['not_live']} not live" if r["not_live"] else ""
+        rows.append((f"idle RSS per live session at {n:,}",
+                     f"{kib:.1f} KiB ({r['rss_empty_kib'] / 1024:.0f} → {r['rss_live_kib'] / 1024:.0f} MiB{stuck})",
+                     _goal(kib <= goal, f"≤ {goal:g} KiB")))  # fmt: skip
+        rows.append(_gc_row("  longest GC pause", r["gc_longest_pause"], goal=n >= 10_000))
+        rows.append(
+            ("  open files, peak", f"{r['open_files_peak']:,} of {r['open_files_limit']:,}", "")
+        )
+    if growth:
+        kib = growth["kib_per_device"]
+        rows.append((f"RSS growth per device after {growth['messages']:,} messages",
+                     f"{kib:.1f} KiB ({growth['devices']} devices, {growth['state']}; "
+                     f"{growth['rss_before_kib'] / 1024:.0f} → {growth['rss_after_kib'] / 1024:.0f} MiB)",
+                     _goal(kib <= GOALS["steady_growth_kib_per_device"], "≤ 16 KiB")))  # fmt: skip
+        rows.append(_gc_row("  longest GC pause", growth["gc_longest_pause"], goal=False))
+    return {"idle": idle, "growth": growth, "summary": rows}
 
 
 def _goal(met: bool, goal: str) -> str:
@@ -1441,6 +2236,132 @@ def sample_requests() -> tuple[Any, Any]:
     return apns, fcm
 
 
+#: The message ``_id`` of :func:`sample_message(0) <sample_message>`, replaced per message by the floor.
+SAMPLE_ID = "bare-0000000"
+
+
+#: HTTP/2's initial send window. A server returns credit once about half of it is used (h2 does),
+#: so only half is sure to be free when a request is written.
+H2_SURE_WINDOW = 65_535 // 2
+
+
+class BareApns:
+    """aioapns alone, sending the payload the bridge composes for :func:`sample_message`.
+
+    Only what aioapns needs to reach a simulator is set: its protocol class's host and port
+    (aioapns has no endpoint option) and an SSL context trusting the simulator's CA.
+
+    ``window_guard`` caps the requests in flight at what fits :data:`H2_SURE_WINDOW`: past it,
+    aioapns' ``send_data`` raises ``FlowControlError`` and aioapns sleeps 1 s before it tries
+    again, so a burst of 50 pushes would measure that sleep, not the library (the bridge's
+    provider waits for the window instead). The ``throughput`` baseline runs without it.
+    """
+
+    def __init__(self, client: Any, *, window_guard: bool = False) -> None:
+        self.client = client
+        self.template, _ = sample_requests()
+        size = len(json.dumps(self.template.payload, ensure_ascii=False).encode())
+        self._in_flight = (
+            asyncio.Semaphore(max(1, H2_SURE_WINDOW // size)) if window_guard else None
+        )
+
+    @classmethod
+    async def open(cls, env: dict[str, str], *, window_guard: bool = False) -> BareApns:
+        import ssl
+
+        from aioapns import APNs
+        from aioapns.connection import APNsProductionClientProtocol
+
+        ctx = ssl.create_default_context(cafile=env["BRIDGE_APNS_CA_FILE"])
+        ctx.set_alpn_protocols(["h2"])
+        key = await asyncio.to_thread(Path(env["BRIDGE_APNS_KEY_FILE"]).read_text)
+        client = APNs(
+            key=key, key_id=env["BRIDGE_APNS_KEY_ID"],
+            team_id=env["BRIDGE_APNS_TEAM_ID"], topic=env["BRIDGE_APNS_TOPIC"], ssl_context=ctx,
+        )  # fmt: skip
+        client.pool.protocol_class = type(
+            "BenchProtocol", (APNsProductionClientProtocol,),
+            {"APNS_SERVER": env["BRIDGE_APNS_HOST"], "APNS_PORT": int(env["BRIDGE_APNS_PORT"])},
+        )  # fmt: skip
+        return cls(client, window_guard=window_guard)
+
+    def body(self, message_id: str = SAMPLE_ID) -> dict[str, Any]:
+        """The APNs JSON body, its ``payload`` naming ``message_id`` (same size as the sample's)."""
+        body = dict(self.template.payload)
+        body["payload"] = str(body["payload"]).replace(SAMPLE_ID, message_id)
+        return body
+
+    async def send(self, token: str, body: dict[str, Any], collapse_id: str = SAMPLE_ID) -> str:
+        """One push; returns the HTTP status as text."""
+        from aioapns import NotificationRequest, PushType
+
+        request = NotificationRequest(
+            device_token=token, message=body, push_type=PushType.ALERT,
+            collapse_key=collapse_id, priority=10, time_to_live=3600,
+        )  # fmt: skip
+        if self._in_flight is None:
+            result = await self.client.send_notification(request)
+        else:
+            async with self._in_flight:
+                result = await self.client.send_notification(request)
+        return str(result.status)
+
+    def close(self) -> None:
+        self.client.pool.close()
+
+
+class BareFcm:
+    """firebase-admin alone (``send_each_async``), sending what the bridge composes for
+    :func:`sample_message`.
+
+    Only the messaging service's URL is pointed at the simulator (firebase-admin has no option for
+    it); the CA comes from ``SSL_CERT_FILE``/``REQUESTS_CA_BUNDLE`` as the library reads them.
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        import uuid
+
+        import firebase_admin
+        from firebase_admin import credentials, messaging
+
+        _, self.template = sample_requests()
+        cert = credentials.Certificate(env["BRIDGE_FCM_CREDENTIALS_FILE"])
+        self.app = firebase_admin.initialize_app(
+            cert, {"projectId": cert.project_id}, name=f"bench-bare-{uuid.uuid4().hex[:8]}"
+        )
+        service = messaging._get_messaging_service(self.app)
+        service._fcm_url = f"{env['BRIDGE_FCM_URL']}/v1/projects/{cert.project_id}/messages:send"
+
+    def data(self, message_id: str = SAMPLE_ID) -> dict[str, str]:
+        """The FCM ``data`` map, its ``payload`` naming ``message_id``."""
+        data = dict(self.template.data)
+        data["payload"] = data["payload"].replace(SAMPLE_ID, message_id)
+        return data
+
+    async def send(self, tokens: list[str], data: dict[str, str]) -> list[str]:
+        """One ``send_each_async`` call with a message per token; returns each outcome."""
+        from firebase_admin import messaging
+
+        note = self.template.notification or {}
+        collapse = str((self.template.android or {}).get("collapse_key", "")) or None
+        msgs = [
+            messaging.Message(
+                data=data,
+                notification=messaging.Notification(title=note.get("title"), body=note.get("body")),
+                android=messaging.AndroidConfig(collapse_key=collapse, priority="high"),
+                token=token,
+            )
+            for token in tokens
+        ]
+        response = await messaging.send_each_async(msgs, app=self.app)
+        return ["200" if r.success else type(r.exception).__name__ for r in response.responses]
+
+    async def close(self) -> None:
+        import firebase_admin
+
+        await asyncio.to_thread(firebase_admin.delete_app, self.app)
+
+
 async def bare_apns_loop(
     env: dict[str, str],
     count: int,
@@ -1448,42 +2369,18 @@ async def bare_apns_loop(
     *,
     token_of: Callable[[int], str] | None = None,
 ) -> dict[str, Any]:
-    """``count`` sends with aioapns alone, ``concurrency`` at a time, to ``env``'s APNs endpoint.
-
-    Only what aioapns needs to reach a simulator is set: its protocol class's host and port
-    (aioapns has no endpoint option) and an SSL context trusting the simulator's CA.
-    """
-    import ssl
-
-    from aioapns import APNs, NotificationRequest, PushType
-    from aioapns.connection import APNsProductionClientProtocol
-
-    apns_req, _ = sample_requests()
-    ctx = ssl.create_default_context(cafile=env["BRIDGE_APNS_CA_FILE"])
-    ctx.set_alpn_protocols(["h2"])
-    key = await asyncio.to_thread(Path(env["BRIDGE_APNS_KEY_FILE"]).read_text)
-    client = APNs(
-        key=key, key_id=env["BRIDGE_APNS_KEY_ID"],
-        team_id=env["BRIDGE_APNS_TEAM_ID"], topic=env["BRIDGE_APNS_TOPIC"], ssl_context=ctx,
-    )  # fmt: skip
-    client.pool.protocol_class = type(
-        "BenchProtocol", (APNsProductionClientProtocol,),
-        {"APNS_SERVER": env["BRIDGE_APNS_HOST"], "APNS_PORT": int(env["BRIDGE_APNS_PORT"])},
-    )  # fmt: skip
+    """``count`` sends with aioapns alone, ``concurrency`` at a time, to ``env``'s APNs endpoint."""
+    apns = await BareApns.open(env)
+    body = apns.body()
     token = token_of or (lambda i: f"{i:064x}")
 
     async def send(i: int) -> str:
-        request = NotificationRequest(
-            device_token=token(i), message=apns_req.payload, push_type=PushType.ALERT,
-            collapse_key=apns_req.collapse_id, priority=10, time_to_live=3600,
-        )  # fmt: skip
-        result = await client.send_notification(request)
-        return str(result.status)
+        return await apns.send(token(i), body)
 
     try:
         return await _run_loop(send, count, concurrency)
     finally:
-        client.pool.close()
+        apns.close()
 
 
 async def bare_fcm_loop(
@@ -1493,44 +2390,18 @@ async def bare_fcm_loop(
     *,
     token_of: Callable[[int], str] | None = None,
 ) -> dict[str, Any]:
-    """``count`` sends with firebase-admin alone (``send_each_async`` of one message), ``concurrency`` at a time.
-
-    Only the messaging service's URL is pointed at the simulator (firebase-admin has no option for
-    it); the CA comes from ``SSL_CERT_FILE``/``REQUESTS_CA_BUNDLE`` as the library reads them.
-    """
-    import uuid
-
-    import firebase_admin
-    from firebase_admin import credentials, messaging
-
-    _, fcm_req = sample_requests()
-    cert = credentials.Certificate(env["BRIDGE_FCM_CREDENTIALS_FILE"])
-    app = firebase_admin.initialize_app(
-        cert, {"projectId": cert.project_id}, name=f"bench-bare-{uuid.uuid4().hex[:8]}"
-    )
-    service = messaging._get_messaging_service(app)
-    service._fcm_url = f"{env['BRIDGE_FCM_URL']}/v1/projects/{cert.project_id}/messages:send"
+    """``count`` sends with firebase-admin alone (``send_each_async`` of one message), ``concurrency`` at a time."""
+    fcm = BareFcm(env)
+    data = fcm.data()
     token = token_of or (lambda i: f"fcm-token-{i:06d}")
-    note = fcm_req.notification or {}
 
     async def send(i: int) -> str:
-        msg = messaging.Message(
-            data=dict(fcm_req.data),
-            notification=messaging.Notification(title=note.get("title"), body=note.get("body")),
-            android=messaging.AndroidConfig(
-                collapse_key=str((fcm_req.android or {}).get("collapse_key", "")) or None,
-                priority="high",
-            ),
-        )
-        msg.token = token(i)
-        response = await messaging.send_each_async([msg], app=app)
-        r = response.responses[0]
-        return "200" if r.success else type(r.exception).__name__
+        return (await fcm.send([token(i)], data))[0]
 
     try:
         return await _run_loop(send, count, concurrency)
     finally:
-        await asyncio.to_thread(firebase_admin.delete_app, app)
+        await fcm.close()
 
 
 async def _run_loop(
@@ -1585,6 +2456,13 @@ def render_summary(scenario: str, result: Result, console: Console) -> None:
         style = "red" if "NOT met" in goal else ("green" if goal else "")
         table.add_row(label, value, goal, style=style)
     console.print(table)
+    for extra in result.get("tables", []):
+        more = Table(title=extra["title"], title_justify="left")
+        for i, column in enumerate(extra["columns"]):
+            more.add_column(column, justify="left" if i == 0 else "right")
+        for row in extra["rows"]:
+            more.add_row(*row)
+        console.print(more)
     m = result.get("machine", {})
     console.print(
         f"[dim]{m.get('nproc')} × {m.get('cpu_model')}, {m.get('ram_gib')} GiB, Python {m.get('python')}; "
@@ -1730,7 +2608,12 @@ async def run_bench(scenario: str, opts: dict[str, Any]) -> dict[str, Any]:
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
-    o = Options.from_dict(opts)
+    try:
+        o = Options.from_dict(opts, scenario)
+    except (TypeError, ValueError) as exc:
+        raise BenchError(str(exc)) from None
+    if scenario == "rooms":
+        o.split_sims = True  # IMKIT's fan-out in a process of its own, never the providers'
     console = opts.get("console")
     ui = Ui(console if isinstance(console, Console) else None, quiet=o.quiet)
     machine = machine_info()
@@ -1740,6 +2623,8 @@ async def run_bench(scenario: str, opts: dict[str, Any]) -> dict[str, Any]:
         "latency": _latency,
         "throughput": _throughput,
         "api": _api,
+        "rooms": _rooms,
+        "steady": _steady,
     }
     started = time.time()
     async with Harness(o, ui) as h:

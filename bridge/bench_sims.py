@@ -12,6 +12,9 @@ a small control API that the bench drives:
 - ``GET /bench/emit``: how far that got; ``GET /bench/stats``: counters of every simulator, the
   peak connect rate since ``?since=`` (monotonic seconds) and this process's RSS and CPU;
 - ``GET /bench/latencies``: emit → provider arrival of every message id seen on both sides;
+- ``GET /bench/pushes``: every push request since the last reset as ``[message id, device token,
+  arrival time, status]``, per provider (recorded only after ``POST /bench/reset {"per_push":
+  true}``: ``rooms`` counts missing and duplicate pushes per device, the other scenarios need not);
 - ``POST /bench/reset``: forget emits and arrivals.
 
 Times are ``time.monotonic()``, which on Linux is one clock for every process of the machine,
@@ -69,6 +72,16 @@ def proc_usage(pid: int | str = "self") -> tuple[int, float]:
     return rss, ticks / os.sysconf("SC_CLK_TCK")
 
 
+def run_queue_wait(pid: int | str = "self") -> float:
+    """Seconds the main thread of a process has been ready to run but waiting for a CPU.
+
+    From ``/proc/<pid>/schedstat``: on a shared machine, the share of a window a process spent
+    waiting is what the other processes cost it (the event loop is that thread).
+    """
+    with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
 def raise_nofile() -> int:
     """Raise this process's open-files soft limit to its hard limit; returns the new limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -111,20 +124,29 @@ class _Arrivals:
         self.last: float | None = None
         #: message id -> monotonic time of its first accepted (200) request
         self.by_message: dict[str, float] = {}
+        #: With ``per_push``: every request with a message id, as (id, token, time, status).
+        self.per_push = False
+        self.pushes: list[tuple[str, str, float, int]] = []
 
-    def add(self, at: float, status: int | None, message_id: str | None) -> None:
+    def add(
+        self, at: float, status: int | None, message_id: str | None, token: str | None = None
+    ) -> None:
         self.total += 1
         self.statuses[status or 0] += 1
         self.first = at if self.first is None else min(self.first, at)
         self.last = at if self.last is None else max(self.last, at)
         if status == 200 and message_id is not None and message_id not in self.by_message:
             self.by_message[message_id] = at
+        if self.per_push and message_id is not None and token is not None:
+            self.pushes.append((message_id, token, at, status or 0))
 
-    def reset(self) -> None:
+    def reset(self, *, per_push: bool = False) -> None:
         self.total = 0
         self.statuses = Counter()
         self.first = self.last = None
         self.by_message = {}
+        self.per_push = per_push
+        self.pushes = []
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -241,14 +263,14 @@ class BenchSims:
         if self.apns is not None:
             a = self.arrivals["apns"]
             for rec in self.apns.received:
-                a.add(rec.arrived, rec.status, message_id_of(rec.payload.get("payload")))
+                a.add(rec.arrived, rec.status, message_id_of(rec.payload.get("payload")), rec.token)
             self.apns.received.clear()
         if self.fcm is not None:
             f = self.arrivals["fcm"]
             for frec in self.fcm.received:
                 data = frec.message.get("data")
                 mid = message_id_of(data.get("payload")) if isinstance(data, dict) else None
-                f.add(frec.at, frec.status, mid)
+                f.add(frec.at, frec.status, mid, frec.token)
             self.fcm.received.clear()
 
     # ------------------------------------------------------------------ emitting
@@ -297,6 +319,7 @@ class BenchSims:
         r.add_get("/bench/emit", self._h_emit_state)
         r.add_get("/bench/stats", self._h_stats)
         r.add_get("/bench/latencies", self._h_latencies)
+        r.add_get("/bench/pushes", self._h_pushes)
         r.add_post("/bench/reset", self._h_reset)
 
     def _need_imkit(self) -> ImkitSim:
@@ -392,11 +415,17 @@ class BenchSims:
             }
         )
 
-    async def _h_reset(self, _: web.Request) -> web.Response:
+    async def _h_pushes(self, _: web.Request) -> web.Response:
+        self.drain()
+        return web.json_response({name: a.pushes for name, a in self.arrivals.items()})
+
+    async def _h_reset(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        per_push = bool(body.get("per_push")) if isinstance(body, dict) else False
         self.drain()
         self.emitted.clear()
         for a in self.arrivals.values():
-            a.reset()
+            a.reset(per_push=per_push)
         return web.json_response({"ok": True})
 
 

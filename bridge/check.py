@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from bridge.config import Settings
 
@@ -68,23 +69,43 @@ def _check_fcm(settings: Settings) -> list[tuple[bool, str]]:
     return out
 
 
-def run_checks(settings: Settings) -> list[tuple[bool, str]]:
-    """Every check as (passed, what was checked)."""
+Status = Literal["ok", "warn", "fail"]
+
+
+def _missing_provider(settings: Settings, name: str, other_configured: bool) -> tuple[Status, str]:
+    if settings.push_provider_fallback == "log":
+        return "warn", f"{name}: no credentials; notifications are written to the log, message text included"
+    if other_configured:
+        return "warn", f"{name}: no credentials; its registrations get no pushes"
+    return "fail", f"{name}: no credentials and BRIDGE_PUSH_PROVIDER_FALLBACK=none: no provider can deliver"
+
+
+def _status(ok: bool) -> Status:
+    return "ok" if ok else "fail"
+
+
+def run_checks(settings: Settings) -> list[tuple[Status, str]]:
+    """Every check as (ok, warn or fail; what was checked). Only ``fail`` makes ``check`` fail."""
     from bridge.store.crypto import cipher_from_settings
 
-    out: list[tuple[bool, str]] = [(True, "BRIDGE_* variables parse")]
-    out.append((bool(settings.imkit_url), f"BRIDGE_IMKIT_URL is set ({settings.imkit_url})" if settings.imkit_url else "BRIDGE_IMKIT_URL is not set (required)"))
+    out: list[tuple[Status, str]] = [("ok", "BRIDGE_* variables parse")]
+    if not settings.imkit_url:
+        out.append(("fail", "BRIDGE_IMKIT_URL is not set (required)"))
+    elif settings.imkit_url_in_clear:
+        out.append(("warn", f"BRIDGE_IMKIT_URL is plain http:// to a remote host ({settings.imkit_url}): client tokens travel unencrypted; use https://"))
+    else:
+        out.append(("ok", f"BRIDGE_IMKIT_URL is set ({settings.imkit_url})"))
     try:
         cipher_from_settings(settings)
-        out.append((True, "token encryption key usable"))
+        out.append(("ok", "token encryption key usable"))
     except (ValueError, OSError) as exc:
-        out.append((False, f"token encryption key: {exc}"))
+        out.append(("fail", f"token encryption key: {exc}"))
     if settings.apns_configured:
-        out.extend(_check_apns(settings))
+        out.extend((_status(ok), what) for ok, what in _check_apns(settings))
     else:
-        out.append((settings.push_provider_fallback == "log", "APNs: no credentials; notifications are logged" if settings.push_provider_fallback == "log" else "APNs: no credentials and BRIDGE_PUSH_PROVIDER_FALLBACK=none"))
+        out.append(_missing_provider(settings, "APNs", settings.fcm_configured))
     if settings.fcm_configured:
-        out.extend(_check_fcm(settings))
+        out.extend((_status(ok), what) for ok, what in _check_fcm(settings))
     else:
-        out.append((settings.push_provider_fallback == "log", "FCM: no credentials; notifications are logged" if settings.push_provider_fallback == "log" else "FCM: no credentials and BRIDGE_PUSH_PROVIDER_FALLBACK=none"))
+        out.append(_missing_provider(settings, "FCM", settings.apns_configured))
     return out

@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -19,8 +19,10 @@ from bridge import __version__
 from bridge.config import Settings
 from bridge.logs import configure_logging
 
+T = TypeVar("T")
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop when it is installed (less memory per TLS socket, a faster loop)."""
     try:
         import uvloop
@@ -65,6 +67,10 @@ def cmd_serve(args: argparse.Namespace, role: str = "serve") -> int:
     settings = _settings(host=args.host, port=args.port)
     _require(settings, redis=(role == "api"))
     configure_logging(settings.log_level, settings.log_format)
+    if role == "serve":
+        from bridge import gc_tuning
+
+        gc_tuning.configure(settings)  # this process holds the sessions: tune its collector
     try:
         app = create_app(settings, role="serve" if role == "serve" else "api")
     except ValueError as exc:
@@ -77,6 +83,9 @@ def cmd_serve(args: argparse.Namespace, role: str = "serve") -> int:
         log_config=None,
         access_log=False,
         lifespan="on",
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default; the caller's address
+        # (limits on invalid tokens) comes from BRIDGE_TRUSTED_PROXY_HEADER only.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
     )
     server = uvicorn.Server(config)
@@ -95,6 +104,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(metrics_port=args.metrics_port)
     _require(settings, redis=True)
     configure_logging(settings.log_level, settings.log_format)
+    from bridge import gc_tuning
+
+    gc_tuning.configure(settings)  # this process holds the sessions: tune its collector
     return _run(_run_worker(settings))
 
 
@@ -202,9 +214,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     settings = _settings()
     failures = 0
-    for ok, what in run_checks(settings):
-        print(("ok    " if ok else "FAIL  ") + what)
-        failures += 0 if ok else 1
+    for status, what in run_checks(settings):
+        print({"ok": "ok    ", "warn": "WARN  ", "fail": "FAIL  "}[status] + what)
+        failures += status == "fail"
     print("configuration OK" if not failures else f"{failures} problem(s) found")
     return 0 if not failures else 1
 
@@ -285,18 +297,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmarks of a real bridge process (python -m bridge serve) against the simulators, "
         "which run in processes of their own; see docs/benchmarks.md.",
     )
-    sp.add_argument("scenario", choices=["sessions", "storm", "latency", "throughput", "api"])
-    sp.add_argument("-n", "--sessions", type=int, default=1000, help="devices, each with a live session (default 1000)")
-    sp.add_argument("--rate", type=float, default=200.0, help="latency: chat messages per second (default 200)")
+    sp.add_argument("scenario", choices=["sessions", "storm", "latency", "throughput", "api", "rooms", "steady"])
     sp.add_argument(
-        "--duration", type=float, default=10.0,
-        help="seconds of the measured phase: sessions idle window, latency emission, api load (default 10)",
+        "-n", "--sessions", nargs="+", default=None, metavar="N",
+        help="devices, each with a live session (default 1000; rooms 2000); steady: the idle counts "
+        "(default 2000 10000; 'max': as many as the open-files limit allows)",
+    )  # fmt: skip
+    sp.add_argument("--rate", type=float, default=None, help="latency, rooms: chat messages per second (default 200; rooms 20)")
+    sp.add_argument(
+        "--duration", type=float, default=None,
+        help="seconds of the measured phase: sessions idle window, latency/rooms emission, api load (default 10; rooms 30)",
     )  # fmt: skip
     sp.add_argument("--connect-rate", type=float, default=None, help="BRIDGE_CONNECT_RATE of the bridge (default 1000; storm 2000)")
     sp.add_argument("--concurrency", type=int, default=32, help="api: concurrent calls of the load process (default 32)")
     sp.add_argument("--pushes", type=int, default=20000, help="throughput: pushes per provider (default 20000)")
     sp.add_argument("--push-concurrency", type=int, default=100, help="BRIDGE_PUSH_CONCURRENCY, and the bare loop's (default 100)")
-    sp.add_argument("--ios-share", type=float, default=0.5, help="share of devices on APNs, the rest on FCM (default 0.5)")
+    sp.add_argument("--ios-share", type=float, default=None, help="share of devices on APNs, the rest on FCM (default 0.5; rooms 1)")
+    sp.add_argument("--fcm-share", type=float, default=None, help="share of devices on FCM (sets --ios-share to 1 minus it)")
+    sp.add_argument("--room-size", type=int, default=50, help="rooms: members per room, each message pushed to all (default 50)")
+    sp.add_argument("--find-max", action="store_true", help="rooms: then step the rate up to the highest sustained pushes/s")
+    sp.add_argument("--step-rates", default="250,500,750,1000,1250,1500", help="rooms --find-max: pushes/s of the steps")
+    sp.add_argument("--step-duration", type=float, default=10.0, help="rooms --find-max: seconds per step (default 10)")
+    sp.add_argument("--max-growth-ms", type=float, default=100.0, help="rooms --find-max: backlog growth (ms) a sustained step may show")
+    sp.add_argument("--no-floor", dest="floor", action="store_false", help="rooms: skip the bare-library floor")
+    sp.add_argument("--floor-gc", choices=["frozen", "default"], default="frozen", help="rooms: the floor's heap (default frozen)")
+    sp.add_argument("--messages", type=int, default=3000, help="steady: messages each device sees in the growth phase (default 3000; 0: skip)")
+    sp.add_argument("--growth-devices", type=int, default=20, help="steady: devices of the growth phase, in one room (default 20)")
+    sp.add_argument("--growth-state", choices=["foreground", "background"], default="foreground", help="steady: their app state")
+    sp.add_argument("--growth-rate", type=float, default=None, help="steady: messages/s (default 100; background 400 pushes/s)")
     sp.add_argument("--split-sims", action="store_true", help="run IMKIT and the two providers in separate processes")
     sp.add_argument("--output", default=None, help="write the JSON result here")
     sp.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots here (needs matplotlib)")

@@ -43,9 +43,11 @@ FCM (``fcm``, ``android``, ``web``)
 -----------------------------------
 ``data`` as above; ``notification = {title, body}``; for ``fcm``/``android``,
 ``android = {"collapse_key": roomId, "priority": "high", "ttl": <int seconds>, "notification":
-{title, body, body_loc_key, body_loc_args (list), tag: roomId}}``. For ``web`` the Android block is
-absent and ``webpush = {"headers": {"TTL": "<seconds>", "Urgency": "high"}, "notification":
-{title, body, tag: roomId}}`` instead (browsers have no string resources for loc keys).
+{body_loc_key, body_loc_args (list), tag: roomId}}``. For ``web`` the Android block is absent and
+``webpush = {"headers": {"TTL": "<seconds>", "Urgency": "high"}, "notification": {tag: roomId}}``
+instead (browsers have no string resources for loc keys). Title and body are in the top-level
+``notification`` only: in FCM v1 the platform blocks' ``title``/``body`` merely override it, and
+repeating them would count twice against FCM's size limit.
 
 Silent badge updates (:func:`compose_badge`): APNs push type ``background``, priority 5,
 ``{"aps": {"badge": n, "content-available": 1}, "type": "badge", "badge": "n"}``; FCM data-only
@@ -65,9 +67,12 @@ the room.
 Size limits
 -----------
 APNs: the payload as aioapns sends it (``json.dumps(payload, ensure_ascii=False)``, UTF-8; this is
-never smaller than the compact form) ≤ 4096 bytes, 5120 for ``voip``. FCM: the UTF-8 bytes of all
-``data`` keys and values ≤ 4096. Sender and room names are always capped at :data:`NAME_MAX`
-characters ("…" appended). When a push still does not fit, in this order:
+never smaller than the compact form) ≤ 4096 bytes, 5120 for ``voip``. FCM counts the *whole*
+message against its 4096 bytes (``data`` keys and values, the notification's title and body, the
+platform blocks), not ``data`` alone: the compact UTF-8 JSON of everything but the token
+(:func:`fcm_size`) must stay within :data:`FCM_LIMIT` less :data:`FCM_RESERVE` bytes kept for the
+fields FCM adds itself. Sender and room names are always capped at :data:`NAME_MAX` characters
+("…" appended). When a push still does not fit, in this order:
 
 1. ``payload`` becomes a reduced object (``_id``, ``room``, ``messageType``, ``sender`` {``_id``,
    ``nickname``}, the timestamps, and the longest prefix of a string ``message`` that fits), still
@@ -96,7 +101,11 @@ from bridge.upstream.protocol import Invitation, Message
 
 APNS_LIMIT = 4096
 APNS_VOIP_LIMIT = 5120
-FCM_DATA_LIMIT = 4096
+#: FCM's limit for a whole message (data, notification and platform blocks), in bytes.
+FCM_LIMIT = 4096
+#: Bytes of :data:`FCM_LIMIT` left for what FCM adds to a message itself (message id, sender,
+#: collapse key...; about 45 bytes by outside measurements), so a message that fits here fits there.
+FCM_RESERVE = 64
 
 #: Message types whose text is shown (``loc-args`` ``[sender, text]``).
 TEXT_TYPES: frozenset[str] = frozenset(
@@ -307,7 +316,27 @@ def fits(req: Request) -> bool:
     if isinstance(req, ApnsRequest):
         limit = APNS_VOIP_LIMIT if req.push_type == "voip" else APNS_LIMIT
         return _apns_size(req.payload) <= limit
-    return _fcm_size(req.data) <= FCM_DATA_LIMIT
+    return fcm_size(req) <= FCM_LIMIT - FCM_RESERVE
+
+
+def fcm_size(req: FcmRequest) -> int:
+    """What an FCM message weighs: the compact UTF-8 JSON of every block but the token.
+
+    For the messages composed here (several blocks, many keys) this exceeds FCM's own count (JSON
+    quotes and braces, key names); :data:`FCM_RESERVE` covers what FCM adds on its side.
+    """
+    message = {
+        name: block
+        for name, block in (
+            ("data", req.data),
+            ("notification", req.notification),
+            ("android", req.android),
+            ("apns", req.apns),
+            ("webpush", req.webpush),
+        )
+        if block
+    }
+    return len(_json(message).encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,18 +409,15 @@ def _request(f: _Fields, target: Target, now: float) -> Request:
             expiration=_expiration(now, ttl),
             thread_id=f.room_id,
         )
+    # Title and body only here: the platform blocks' copies would merely repeat (override) them
+    # and count twice against FCM's size limit.
     notification = {"title": f.title, "body": f.body}
     if target.push_type == "web":
-        web_note: dict[str, Any] = dict(notification)
+        webpush: dict[str, Any] = {"headers": {"TTL": str(ttl), "Urgency": "high"}}
         if f.room_id is not None:
-            web_note["tag"] = f.room_id
-        webpush = {"headers": {"TTL": str(ttl), "Urgency": "high"}, "notification": web_note}
+            webpush["notification"] = {"tag": f.room_id}
         return FcmRequest(data=data, notification=notification, webpush=webpush)
-    a_note: dict[str, Any] = {
-        **notification,
-        "body_loc_key": f.loc_key,
-        "body_loc_args": list(f.loc_args),
-    }
+    a_note: dict[str, Any] = {"body_loc_key": f.loc_key, "body_loc_args": list(f.loc_args)}
     android: dict[str, Any] = {"priority": "high", "ttl": ttl, "notification": a_note}
     if f.room_id is not None:
         android = {"collapse_key": f.room_id, **android}
@@ -502,16 +528,12 @@ def _cap(s: str, limit: int) -> str:
 def _limit(target: Target) -> int:
     if target.push_type == "ios-voip":
         return APNS_VOIP_LIMIT
-    return APNS_LIMIT if _is_apns(target) else FCM_DATA_LIMIT
+    return APNS_LIMIT if _is_apns(target) else FCM_LIMIT
 
 
 def _apns_size(payload: dict[str, Any]) -> int:
     # aioapns sends json.dumps(message, ensure_ascii=False) with the default separators.
     return len(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
-
-
-def _fcm_size(data: dict[str, str]) -> int:
-    return sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in data.items())
 
 
 # --------------------------------------------------------------------------------------------

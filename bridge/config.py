@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The longest foreground state an app may ask for (``ttl``) or configure: an app that dies in the
+#: foreground must not silence its pushes for longer than this.
+MAX_FOREGROUND_TTL = 3600
 
 
 class Settings(BaseSettings):
@@ -41,9 +47,17 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
 
     # --- app behaviour
-    foreground_ttl: int = Field(120, ge=1, le=86400)
+    foreground_ttl: int = Field(120, ge=1, le=MAX_FOREGROUND_TTL)
     max_devices_per_user: int = Field(20, ge=1)
     rate_limit_per_minute: int = Field(120, ge=1)
+    #: Client tokens IMKIT refused, per caller address and minute, before the address gets 429
+    #: without IMKIT being asked: each unknown token costs one IMKIT ``GET /me``.
+    auth_failures_per_minute: int = Field(20, ge=1)
+    #: Seconds a token IMKIT refused is answered 401 from memory.
+    auth_negative_ttl: float = Field(30.0, ge=0)
+    #: A header set by a trusted reverse proxy with the caller's address (e.g. ``X-Forwarded-For``;
+    #: its last address is used). Unset: the TCP peer's address, and no header is believed.
+    trusted_proxy_header: str | None = None
     system_messages: bool = False
     push_content: Literal["full", "minimal"] = "full"
     push_max_age: float = Field(3600.0, gt=0)
@@ -55,6 +69,8 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(10.0, ge=0)
     worker_id: str | None = None
     lease_ttl: float = Field(15.0, gt=0)
+    #: Raise the collector's thresholds and freeze the long-lived heap in ``serve``/``worker``.
+    gc_freeze: bool = True
 
     # --- APNs
     apns_key_file: str | None = None
@@ -72,8 +88,9 @@ class Settings(BaseSettings):
     fcm_url: str | None = None
     fcm_ca_file: str | None = None
 
-    #: ``log`` writes notifications to the log when a provider has no credentials; ``none`` fails.
-    push_provider_fallback: Literal["log", "none"] = "log"
+    #: ``log`` writes notifications (message text included) to the log when a provider has no
+    #: credentials; ``none`` fails them. ``none`` unless set: only ``demo`` uses ``log``.
+    push_provider_fallback: Literal["log", "none"] = "none"
 
     # --- logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -92,6 +109,14 @@ class Settings(BaseSettings):
         if v is not None and not (v.startswith("http://") or v.startswith("https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/") if v else v
+
+    @field_validator("trusted_proxy_header")
+    @classmethod
+    def _check_header(cls, v: str | None) -> str | None:
+        v = (v or "").strip()
+        if v and not all(c.isalnum() or c == "-" for c in v):
+            raise ValueError("must be an HTTP header name such as X-Forwarded-For")
+        return v or None
 
     @field_validator("apns_host")
     @classmethod
@@ -136,3 +161,22 @@ class Settings(BaseSettings):
     @property
     def fcm_configured(self) -> bool:
         return bool(self.fcm_credentials_file)
+
+    @property
+    def imkit_url_in_clear(self) -> bool:
+        """True when client tokens would travel unencrypted: ``http://`` to a non-loopback host."""
+        return bool(self.imkit_url) and is_cleartext_remote(self.imkit_url or "")
+
+
+def is_cleartext_remote(url: str) -> bool:
+    """``http://`` to a host other than localhost / a loopback address."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name: it may resolve anywhere

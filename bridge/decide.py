@@ -3,18 +3,19 @@
 The order of the checks is the order of the reasons a user would ask about: an event that is never
 pushed, a device without a working token, the user's own message, a message already alerted, a
 message type that is off, notifications switched off, a muted room, and finally the app being in
-the foreground. The caller records every chat message id it decided on (whatever the outcome), so
-an edit or recall of it never alerts.
+the foreground. The caller records every chat message it decided on (whatever the outcome, see
+:func:`remember`), so an edit or recall of it never alerts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.models import AppState, Decision, Reason
-from bridge.upstream.protocol import Invitation, Message
+from bridge.upstream.protocol import CancelInvitation, Invitation, Message
+from bridge.worker.dedupe import message_time
 
 #: Member-change and other bookkeeping message types: pushed only with BRIDGE_SYSTEM_MESSAGES=true.
 SYSTEM_MESSAGE_TYPES: frozenset[str] = frozenset(
@@ -31,6 +32,10 @@ SYSTEM_MESSAGE_TYPES: frozenset[str] = frozenset(
 
 #: Message types that never alert: a recall replaces a message, AI chunks precede the final one.
 SILENT_MESSAGE_TYPES: frozenset[str] = frozenset({"recall", "ai_streaming", "typing"})
+
+#: A ``chat message`` of this type is an AI reply still being streamed (the placeholder, or a
+#: partial update): the finished message comes later with the same ``_id`` and another type.
+STREAMING_MESSAGE_TYPES: frozenset[str] = frozenset({"ai_streaming"})
 
 PUSHED_EVENTS: frozenset[str] = frozenset({"chat message", "invitation"})
 
@@ -52,13 +57,58 @@ class DeviceView:
     has_active_token: bool = True
 
 
-def dedupe_key(event_name: str, payload: Any) -> str | None:
-    """The identity of a pushable event: the message ``_id``, or the invited room for invitations."""
+#: A backfill's gap ``(after_ms, before_ms)``: message times strictly between were not heard live.
+Gap = tuple[int, int]
+
+
+class Seen(Protocol):
+    """What the device already handled (read side; :class:`bridge.worker.dedupe.SeenMessages`)."""
+
+    def seen(self, room: str, msg_id: str, at_ms: int | None, *, gap: Gap | None = None) -> bool: ...
+
+    def streaming(self, msg_id: str) -> bool: ...
+
+    def invited(self, room: str) -> bool: ...
+
+
+class Remembers(Protocol):
+    """The write side of :class:`Seen`, for :func:`remember`."""
+
+    def add(
+        self, room: str, msg_id: str, at_ms: int | None, *, streaming: bool = False, gap: Gap | None = None
+    ) -> None: ...
+
+    def add_invitation(self, room: str) -> None: ...
+
+    def cancel_invitation(self, room: str) -> None: ...
+
+
+def already_handled(event_name: str, payload: Any, seen: Seen, gap: Gap | None = None) -> bool:
+    """Was this message ``_id`` (any version of it) or this room's invitation handled before?
+
+    A message still streaming is remembered apart (:meth:`Seen.streaming`): its finished
+    version, which has the same ``_id``, is no duplicate of it.
+    """
     if event_name == "chat message" and isinstance(payload, Message):
-        return f"m:{payload.id}"
+        if payload.messageType in STREAMING_MESSAGE_TYPES:
+            return seen.streaming(payload.id)
+        return seen.seen(payload.room, payload.id, message_time(payload), gap=gap)
     if event_name == "invitation" and isinstance(payload, Invitation):
-        return f"i:{payload.room.id}"
-    return None
+        return seen.invited(payload.room.id)
+    return False
+
+
+def remember(event_name: str, payload: Any, seen: Remembers, gap: Gap | None = None) -> None:
+    """Record a decided event in ``seen`` (whatever the decision): chat messages by ``_id``
+    (a streaming one apart), invitations by room; ``cancelInvitation`` forgets the room's.
+    ``gap``: the backfill's, as for :func:`decide`."""
+    if event_name == "chat message" and isinstance(payload, Message):
+        streaming = payload.messageType in STREAMING_MESSAGE_TYPES
+        seen.add(payload.room, payload.id, message_time(payload), streaming=streaming, gap=gap)
+    elif event_name == "invitation" and isinstance(payload, Invitation):
+        seen.add_invitation(payload.room.id)
+    elif event_name == "cancelInvitation" and isinstance(payload, CancelInvitation):
+        seen.cancel_invitation(payload.room)
 
 
 def decide(
@@ -67,10 +117,14 @@ def decide(
     *,
     user: UserView,
     device: DeviceView,
-    seen: Container[str],
+    seen: Seen,
     system_messages: bool = False,
+    gap: Gap | None = None,
 ) -> Decision:
-    """Push or suppress one upstream event for one device, with the reason."""
+    """Push or suppress one upstream event for one device, with the reason.
+
+    ``gap`` is set for a backfilled event: the gap it was fetched for (see :class:`Seen`).
+    """
     if event_name not in PUSHED_EVENTS or not isinstance(payload, Message | Invitation):
         return Decision(False, Reason.EVENT_NOT_PUSHED)
     if not device.has_active_token:
@@ -80,8 +134,13 @@ def decide(
         room_id = payload.room
         if payload.sender_id is not None and payload.sender_id == user.client_id:
             return Decision(False, Reason.OWN_MESSAGE)
-        # An edit re-sends a known _id; one never seen is still an edit of a message delivered before.
-        if dedupe_key(event_name, payload) in seen or payload.editedAt:
+        if payload.messageType in STREAMING_MESSAGE_TYPES:
+            return Decision(False, Reason.MESSAGE_TYPE_OFF)
+        # An edit re-sends a known _id; one never seen is still an edit of a message delivered
+        # before, unless it is the end of a stream we saw begin (that one was never alerted).
+        if already_handled(event_name, payload, seen, gap) or (
+            payload.editedAt and not seen.streaming(payload.id)
+        ):
             return Decision(False, Reason.DUPLICATE)
         if payload.messageType in SILENT_MESSAGE_TYPES:
             return Decision(False, Reason.MESSAGE_TYPE_OFF)
@@ -91,7 +150,7 @@ def decide(
         room_id = payload.room.id
         if payload.inviter is not None and payload.inviter.id == user.client_id:
             return Decision(False, Reason.OWN_MESSAGE)
-        if dedupe_key(event_name, payload) in seen:
+        if seen.invited(room_id):
             return Decision(False, Reason.DUPLICATE)
 
     if not user.notifications_enabled:

@@ -76,6 +76,7 @@ async def run_demo(print_line: PrintLine = print, verbose: bool = False) -> int:
             store=f"sqlite:///{d / 'bridge.db'}",
             foreground_ttl=120,
             log_level="WARNING",
+            push_provider_fallback="log",  # the demo keeps the log fallback (serve defaults to none)
             **sims.settings(),
         )
         app = create_app(settings)

@@ -1,10 +1,36 @@
-"""Prometheus metrics of DESIGN section 5, on a registry of their own (no global state)."""
+"""Prometheus metrics of DESIGN section 5, on a registry of their own (process-wide: only the GC timer)."""
 
 from __future__ import annotations
+
+import gc
+import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class GcPauses:
+    """The longest garbage-collection pause of this process, timed through ``gc.callbacks``.
+
+    A full collection over many long-lived objects stops every session at once; operators and
+    ``push-bridge bench steady`` read the worst one from ``bridge_gc_longest_pause_seconds``.
+    """
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started:
+            self.longest = max(self.longest, time.perf_counter() - self._started)
+
+
+#: One per process, as ``gc.callbacks`` is: every :class:`Metrics` reads the same figure.
+GC_PAUSES = GcPauses()
 
 
 class Metrics:
@@ -43,3 +69,9 @@ class Metrics:
         self.pushes_dropped = Counter(
             "bridge_pushes_dropped", "Pushes given up (too old, retries exhausted)", ["provider", "reason"], registry=r
         )
+        if GC_PAUSES not in gc.callbacks:
+            gc.callbacks.append(GC_PAUSES)
+        self.gc_longest_pause = Gauge(
+            "bridge_gc_longest_pause_seconds", "Longest garbage-collection pause since the process started", registry=r
+        )
+        self.gc_longest_pause.set_function(lambda: GC_PAUSES.longest)

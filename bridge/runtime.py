@@ -8,13 +8,14 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, Literal
 
+from bridge import gc_tuning
 from bridge._backoff import Backoff
 from bridge.config import Settings
 from bridge.metrics import Metrics
 from bridge.models import Notification
 from bridge.push.claims import Claims
 from bridge.push.dispatcher import Dispatcher
-from bridge.push.provider import Provider, SendResult
+from bridge.push.provider import Provider, SendResult, TokenInvalid
 from bridge.store.base import Store, StoreUnavailable
 from bridge.store.factory import make_store
 from bridge.upstream.rest import ImkitRest
@@ -29,7 +30,11 @@ Role = Literal["serve", "api", "worker"]
 
 
 def make_providers(settings: Settings) -> tuple[dict[str, Provider], list[str]]:
-    """One provider per kind from the credentials configured, or the log fallback; plus problems."""
+    """One provider per kind from the credentials configured, or the log fallback.
+
+    Also the kinds that cannot deliver (no credentials, no fallback): one missing kind is a
+    warning (an iOS-only app needs no FCM); none at all makes the process not ready.
+    """
     providers: dict[str, Provider] = {}
     problems: list[str] = []
     fallback = settings.push_provider_fallback == "log"
@@ -71,7 +76,19 @@ class Bridge:
             client_key=settings.imkit_client_key.get_secret_value() if settings.imkit_client_key else None,
             timeout=settings.imkit_request_timeout,
         )
-        self.providers, self.provider_problems = make_providers(settings)
+        self.providers, missing = make_providers(settings)
+        for problem in missing:
+            log.warning("%s: its registrations get no pushes", problem)
+        #: Why no push can be delivered at all (reported by /readyz), or nothing.
+        self.provider_problems: list[str] = []
+        if not self.providers:
+            self.provider_problems.append(
+                "no push provider can deliver: no APNs or FCM credentials and BRIDGE_PUSH_PROVIDER_FALLBACK=none"
+            )
+        if settings.imkit_url_in_clear:
+            log.warning(
+                "BRIDGE_IMKIT_URL is plain http:// to a non-loopback host: client tokens travel unencrypted; use https://"
+            )
         self.pool: WorkerPool | None = None
         self.worker_id = settings.worker_id or f"{socket.gethostname()}-{id(self) & 0xFFFF:04x}"
         self._redis: Any = None
@@ -79,11 +96,18 @@ class Bridge:
         if settings.store_is_redis and role in ("serve", "worker"):
             import redis.asyncio as aioredis
 
-            from bridge.worker.shard import RedisClaims
+            from bridge.worker.shard import Membership, RedisClaims
 
-            self._redis = aioredis.from_url(settings.store, socket_timeout=5, socket_connect_timeout=5)
-            # Two workers may overlap during a hand-over: a key per (device, message) in Redis.
-            claims = RedisClaims(self._redis)
+            # A blocking pool, as the store's: a burst of claims waits for a connection instead of
+            # failing with "Too many connections" (a claim that fails is let through unchecked).
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.store, max_connections=64, timeout=5, socket_timeout=5, socket_connect_timeout=5
+            )
+            self._redis = aioredis.Redis.from_pool(pool)
+            self._membership = Membership(self._redis, self.worker_id, ttl=settings.lease_ttl)
+            # Two workers may overlap during a hand-over: a key per (device, message) in Redis,
+            # naming this process, so a dead one's unsent claims can be taken over.
+            claims = RedisClaims(self._redis, self._membership)
         self.dispatcher = Dispatcher(
             self.providers,
             metrics=self.metrics,
@@ -112,18 +136,19 @@ class Bridge:
                 self._shard(settings)
         self.started = False
         self._coordinator_task: asyncio.Task[None] | None = None
+        self._gc_task: asyncio.Task[None] | None = None
 
     def _shard(self, settings: Settings) -> None:
         """Several workers share the devices: leases, heartbeats and at-most-once claims in Redis."""
 
         from bridge.worker.coordinator import ShardCoordinator
-        from bridge.worker.shard import Leases, Membership
+        from bridge.worker.shard import Leases
 
         assert self.pool is not None
         ttl = settings.lease_ttl
         self.coordinator = ShardCoordinator(
             self.pool,
-            membership=Membership(self._redis, self.worker_id, ttl=ttl),
+            membership=self._membership,
             leases=Leases(self._redis, self.worker_id, ttl=ttl),
             device_ids=self.store.all_device_ids,
             tick=max(0.1, ttl / 5),
@@ -135,12 +160,14 @@ class Bridge:
         if self.pool is not None:
             await self.pool.handle_result(n, result)
 
-    async def _on_token_invalid(self, n: Notification, reason: str) -> None:
+    async def _on_token_invalid(self, n: Notification, result: TokenInvalid) -> None:
         if self.pool is not None:
-            await self.pool.handle_token_invalid(n, reason)
+            await self.pool.handle_token_invalid(n, result)
         else:
             with contextlib.suppress(StoreUnavailable):
-                await self.store.disable_registration(n.device_id, n.push_type, reason)
+                await self.store.disable_registration(
+                    n.device_id, n.push_type, n.token, result.reason, since=result.since
+                )
 
     async def device_changed(self, device_id: str) -> None:
         """Called by the API after a write: a pool in this process applies it before the reply.
@@ -151,16 +178,23 @@ class Bridge:
         if self.pool is not None:
             await self.pool.apply_change(device_id)
 
-    async def device_status(self, device_id: str) -> dict[str, Any] | None:
-        """Session state and recent decisions: from this process's pool, else as published."""
+    async def device_status(self, device_id: str, owner: str | None = None) -> dict[str, Any] | None:
+        """Session state and recent decisions: from this process's pool, else as published.
+
+        With ``owner``, a status recorded for another owner of the device (a worker that has
+        not applied a change of owner yet) is not returned: history never crosses users.
+        """
+        status: dict[str, Any] | None = None
         if self.pool is not None:
             status = self.pool.device_status(device_id)
-            if status is not None or self.coordinator is None:
-                return status
-        try:
-            return await self.store.get_status(device_id)
-        except StoreUnavailable:
+        if status is None and (self.pool is None or self.coordinator is not None):
+            try:
+                status = await self.store.get_status(device_id)
+            except StoreUnavailable:
+                status = None
+        if status is not None and owner is not None and status.get("clientId", owner) != owner:
             return None
+        return status
 
     async def start(self) -> None:
         """Open the store, start the dispatcher, then the pool (so pushes have somewhere to go)."""
@@ -168,21 +202,49 @@ class Bridge:
         await self.dispatcher.start()
         if self.pool is not None:
             await self.pool.start()
+            freezer = gc_tuning.freezer()  # only when the CLI turned it on for this process
+            if freezer is not None:
+                pool = self.pool
+                # The devices are opened: freeze them, and again as their sessions connect.
+                freezer.freeze(pool.device_count, "pool started")
+
+                def live() -> int:
+                    return pool.device_count + pool.session_counts()["live"]
+
+                self._gc_task = asyncio.create_task(freezer.watch(live), name="gc-freeze")
         if self.coordinator is not None:
             self._coordinator_task = asyncio.create_task(self.coordinator.run(), name="shard-coordinator")
         self.started = True
 
     async def close(self) -> None:
-        """Close in reverse: sessions first, then drain queued pushes, then providers and store."""
-        if self._coordinator_task is not None and self.coordinator is not None:
+        """Shut down without losing a push or sending one twice.
+
+        1. No more intake: the shard coordinator stops (nothing changes hands meanwhile), every
+           upstream session closes and backfills stop; the pool keeps its devices' pending pushes.
+        2. Drain the dispatcher: provider answers still reach the pool and move its checkpoints;
+           what is left is dropped with its claims released (see :meth:`Dispatcher.close`).
+        3. Close the pool: the checkpoints are saved, so a restart backfills exactly what was
+           not answered, and nothing that was.
+        4. Release the leases (sessions are closed already), then providers, Redis and store.
+        """
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+        if self._coordinator_task is not None:
             self._coordinator_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._coordinator_task
-            # Drops every session (saving checkpoints) before releasing the leases.
-            await self.coordinator.close()
+        if self.pool is not None:
+            await self.pool.stop_intake(timeout=5.0)
+        drain = self.settings.drain_timeout
+        if self.coordinator is not None:
+            # Leases are no longer renewed: finish well before they lapse, or another worker
+            # could take a device over and backfill while our claims still hide its pushes.
+            drain = min(drain, 0.6 * self.settings.lease_ttl)
+        await self.dispatcher.close(timeout=drain)
         if self.pool is not None:
             await self.pool.close(timeout=5.0)
-        await self.dispatcher.close(timeout=self.settings.drain_timeout)
+        if self.coordinator is not None:
+            await self.coordinator.close()
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
@@ -199,7 +261,9 @@ class Bridge:
         try:
             await asyncio.wait_for(self.store.ping(), 2.0)
         except (TimeoutError, StoreUnavailable) as exc:
-            reasons.append(f"store unreachable: {exc or 'timeout'}")
+            # The probe's answer may be public: the details (hosts, paths) go to the log only.
+            log.warning("readiness: store unreachable: %s", exc or "timeout")
+            reasons.append("store unreachable")
         if self.pool is not None and not self.pool.running:
             reasons.append("worker loop not running")
         reasons.extend(self.provider_problems)

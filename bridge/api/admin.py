@@ -81,7 +81,7 @@ async def list_devices(
     devices, next_cursor = await bridge.store.list_devices(client_id=clientId, limit=limit, cursor=cursor)
     out = []
     for d in devices:
-        view = device_view(d, await bridge.device_status(d.device_id))
+        view = device_view(d, await bridge.device_status(d.device_id, d.client_id))
         view.pop("events", None)
         if session is None or view["session"] == session:
             out.append(view)
@@ -94,7 +94,7 @@ async def get_device(deviceId: DeviceIdPath, ctx: Admin) -> dict[str, Any]:
     device = await bridge.store.get_device(deviceId)
     if device is None:
         raise ApiError(404, "NOT_FOUND", "no such device")
-    return ok(device_view(device, await bridge.device_status(deviceId)))
+    return ok(device_view(device, await bridge.device_status(deviceId, device.client_id)))
 
 
 @router.delete("/devices/{deviceId}", summary="Remove a device and close its session")

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import __version__
 from bridge.api import admin, me, ops
-from bridge.api.auth import Authenticator, RateLimiter, TokenVerifier
+from bridge.api.auth import Authenticator, FailureLimiter, RateLimiter, TokenVerifier
 from bridge.api.deps import ApiContext
 from bridge.api.errors import drop_validation_422, error_body, install_error_handlers
 from bridge.config import Settings
@@ -89,7 +89,11 @@ async def _send_json(send: Send, status: int, body: dict[str, object]) -> None:
 def create_app(settings: Settings, *, role: Role = "serve", bridge: Bridge | None = None) -> FastAPI:
     """Build the API. The lifespan starts the bridge (store, dispatcher, pool) and closes it."""
     bridge = bridge or Bridge(settings, role=role)
-    verifier = TokenVerifier(bridge.rest)
+    verifier = TokenVerifier(
+        bridge.rest,
+        negative_ttl=settings.auth_negative_ttl,
+        failures=FailureLimiter(settings.auth_failures_per_minute),
+    )
     auth = Authenticator(settings, verifier, RateLimiter(settings.rate_limit_per_minute))
 
     @contextlib.asynccontextmanager

@@ -77,10 +77,10 @@ class ErrorEnvelope(BaseModel):
 _ERROR_DESCRIPTIONS = {
     400: "MISSING_PARAMETER or INVALID_PARAMETER: a parameter is missing, malformed or out of range",
     401: "INVALID_TOKEN: no client token, or IMKIT rejected it (or a wrong IM-API-KEY / admin token)",
-    403: "FORBIDDEN: the device limit is reached, or the client token belongs to another clientId",
+    403: "FORBIDDEN: the device limit is reached, the deviceId is another user's (subscribe), or the client token belongs to another clientId",
     404: "NOT_FOUND: no such device for this user (or the admin API is off)",
     413: "INVALID_PARAMETER: the request body is over 16 KiB",
-    429: "RATE_LIMITED: too many calls from this user; see Retry-After",
+    429: "RATE_LIMITED: too many calls from this user, or too many invalid client tokens from this address; see Retry-After",
     503: "UPSTREAM_UNAVAILABLE (IMKIT) or STORE_UNAVAILABLE; see Retry-After",
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from typing import Annotated, Any
@@ -62,6 +63,37 @@ def _foreground_until(ctx: ApiContext, state: str | None, ttl: int | None) -> fl
     return time.time() + (ttl or ctx.bridge.settings.foreground_ttl)
 
 
+def _same_phone(device: Device, push_token: str) -> bool:
+    """True if ``push_token`` is one of the device's registered push tokens."""
+    given = push_token.encode()
+    return any(hmac.compare_digest(r.token.encode(), given) for r in device.registrations.values())
+
+
+async def _release_push_token(ctx: ApiContext, client_id: str, push_token: str, keep: str) -> None:
+    """Remove ``push_token`` from other users' devices: the phone it reaches changed hands.
+
+    A device left without registrations is deleted, like after its last unsubscribe.
+    """
+    store = ctx.bridge.store
+    for device_id, push_type in await store.find_push_token(push_token):
+        if device_id == keep:
+            continue
+        device = await store.get_device(device_id)
+        if device is None or device.client_id == client_id:
+            continue
+        reg = device.registrations.get(push_type)
+        if reg is None or not hmac.compare_digest(reg.token.encode(), push_token.encode()):
+            continue
+        del device.registrations[push_type]
+        if device.registrations:
+            device.updated_at = time.time()
+            await store.put_device(device)
+        else:
+            await store.delete_device(device_id)
+        await ctx.bridge.device_changed(device_id)
+        log.info("push token moved to another user; removed here", extra={"device_id": device_id, "push_type": push_type})
+
+
 @router.post("/subscribe", summary="Register or update a device's push token", responses=error_responses(413))
 async def subscribe(body: SubscribeBody, request: Request, ctx: Ctx) -> dict[str, Any]:
     """Idempotent on ``type`` + ``deviceId``. Verifies the client token with IMKIT first."""
@@ -72,7 +104,14 @@ async def subscribe(body: SubscribeBody, request: Request, ctx: Ctx) -> dict[str
     now = time.time()
     device = await store.get_device(body.deviceId)
     if device is not None and device.client_id != caller.client_id:
-        # The same app install now signed in as another user: the device moves to that user.
+        # A deviceId is not a secret: only the same phone (one of its push tokens) may take the
+        # device over, e.g. the app signed in as another user. It then starts afresh as theirs.
+        if not _same_phone(device, body.token):
+            raise ApiError(
+                403,
+                "FORBIDDEN",
+                "this deviceId is registered by another user; only the same push token can move it",
+            )
         log.info("device changed hands", extra={"device_id": body.deviceId})
         device = None
     if device is None:
@@ -92,9 +131,10 @@ async def subscribe(body: SubscribeBody, request: Request, ctx: Ctx) -> dict[str
         device.foreground_until = _foreground_until(ctx, body.state, body.ttl)
     device.updated_at = now
     await store.put_device(device)
+    await _release_push_token(ctx, caller.client_id, body.token, keep=device.device_id)
     await ctx.bridge.device_changed(device.device_id)
     log.info("device subscribed", extra={"device_id": device.device_id, "push_type": body.type})
-    return ok(device_view(device, await ctx.bridge.device_status(device.device_id)))
+    return ok(device_view(device, await ctx.bridge.device_status(device.device_id, device.client_id)))
 
 
 @router.post("/unsubscribe", summary="Remove a device's push token", responses=error_responses(413))
@@ -124,9 +164,18 @@ async def unsubscribe(body: UnsubscribeBody, request: Request, ctx: Ctx) -> dict
 async def set_state(body: StateBody, request: Request, ctx: Ctx) -> dict[str, Any]:
     """A foreground state expires after ``ttl`` seconds unless renewed."""
     caller = await ctx.auth.caller(request, body.clientId)
-    await _owned_device(ctx, caller, body.deviceId)
+    device = await _owned_device(ctx, caller, body.deviceId)
     until = _foreground_until(ctx, body.state, body.ttl)
-    if not await ctx.bridge.store.set_app_state(body.deviceId, AppState(body.state), until):
+    if caller.token is not None and caller.token != device.client_token:
+        # A newer token IMKIT just verified (the app refreshed it): the session re-authenticates
+        # with it, as after a subscribe, instead of failing later with the old one.
+        device.client_token = caller.token
+        device.token_version += 1
+        device.state = AppState(body.state)
+        device.foreground_until = until
+        device.updated_at = time.time()
+        await ctx.bridge.store.put_device(device)
+    elif not await ctx.bridge.store.set_app_state(body.deviceId, AppState(body.state), until):
         raise _not_found()
     await ctx.bridge.device_changed(body.deviceId)
     return ok({"deviceId": body.deviceId, "state": body.state, "foregroundUntil": until})
@@ -139,17 +188,29 @@ async def get_device(deviceId: DeviceIdPath, request: Request, ctx: Ctx, clientI
     """State, session state, the last 50 events with the decision for each, last provider answer."""
     caller = await ctx.auth.caller(request, clientId)
     device = await _owned_device(ctx, caller, deviceId)
-    return ok(device_view(device, await ctx.bridge.device_status(deviceId)))
+    return ok(device_view(device, await ctx.bridge.device_status(deviceId, device.client_id)))
 
 
 @router.post("/devices/{deviceId}/test-push", summary="Send a test notification now", responses=error_responses(404))
 async def test_push(deviceId: DeviceIdPath, request: Request, ctx: Ctx, clientId: ClientIdQuery = None) -> dict[str, Any]:
-    """Sends one test notification to each of the device's tokens and returns the providers' answers."""
+    """Sends one test notification to each active alert registration; the providers' answers.
+
+    Disabled registrations (a provider refused the token) and ``ios-voip`` (iOS kills an app
+    that gets a VoIP push without reporting a call) are skipped and listed in ``skipped``; with
+    none left ``results`` is empty.
+    """
     caller = await ctx.auth.caller(request, clientId)
     device = await _owned_device(ctx, caller, deviceId)
     now = time.time()
     notifications = []
+    skipped: list[dict[str, str]] = []
     for reg in device.registrations.values():
+        if reg.type == "ios-voip":
+            skipped.append({"type": reg.type, "reason": "voip"})
+            continue
+        if not reg.active:
+            skipped.append({"type": reg.type, "reason": "disabled"})
+            continue
         target = compose.Target(push_type=reg.type, locale=device.locale, content=ctx.bridge.settings.push_content)
         req = compose.compose_test(target, now=now)
         notifications.append(
@@ -157,4 +218,4 @@ async def test_push(deviceId: DeviceIdPath, request: Request, ctx: Ctx, clientId
         )
     results = await asyncio.gather(*(ctx.bridge.dispatcher.send_now(n) for n in notifications))
     out = [result_dict(n, r) for n, r in zip(notifications, results, strict=True)]
-    return ok({"deviceId": deviceId, "results": out})
+    return ok({"deviceId": deviceId, "results": out, "skipped": skipped})

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bridge.config import MAX_FOREGROUND_TTL
+
 DEVICE_ID = r"^[A-Za-z0-9._:\-]+$"
 PUSH_TOKEN = r"^[A-Za-z0-9._:\-]+$"
 LOCALE = r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8}){0,3}$"
@@ -28,7 +30,7 @@ class SubscribeBody(_Body):
     deviceId: str = Field(min_length=1, max_length=128, pattern=DEVICE_ID)
     locale: str | None = Field(None, max_length=35, pattern=LOCALE, description="e.g. en-US, zh-TW, ja")
     state: StateName | None = None
-    ttl: int | None = Field(None, ge=1, le=86400, description="seconds a foreground state lasts")
+    ttl: int | None = Field(None, ge=1, le=MAX_FOREGROUND_TTL, description="seconds a foreground state lasts (at most 3600)")
     clientId: str | None = Field(None, min_length=1, max_length=128, pattern=CLIENT_ID, description="with IM-API-KEY only")
 
     model_config = ConfigDict(
@@ -49,7 +51,9 @@ class UnsubscribeBody(_Body):
 class StateBody(_Body):
     deviceId: str = Field(min_length=1, max_length=128, pattern=DEVICE_ID)
     state: StateName
-    ttl: int | None = Field(None, ge=1, le=86400, description="seconds a foreground state lasts (default BRIDGE_FOREGROUND_TTL)")
+    ttl: int | None = Field(
+        None, ge=1, le=MAX_FOREGROUND_TTL, description="seconds a foreground state lasts (default BRIDGE_FOREGROUND_TTL, at most 3600)"
+    )
     clientId: str | None = Field(None, min_length=1, max_length=128, pattern=CLIENT_ID)
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"deviceId": EXAMPLE_DEVICE_ID, "state": "foreground", "ttl": 120}]})

@@ -58,14 +58,38 @@ logger = logging.getLogger(__name__)
 _TOKEN_INVALID, _RETRY, _FAILED = "token_invalid", "retry", "failed"
 
 #: Apple's answers by (status, reason); (status, None) matches any reason of that status.
-#: Anything else: 5xx is retried, other statuses fail.
+#: Anything else: 5xx is retried, other statuses fail. Only answers about the token itself
+#: disable a registration: 410 (the token is no longer active for the topic) and
+#: ``BadDeviceToken`` (not a token of this environment).
 RESULT_TABLE: dict[tuple[int, str | None], str] = {
     (410, "Unregistered"): _TOKEN_INVALID,
     (410, "ExpiredToken"): _TOKEN_INVALID,
     (400, "BadDeviceToken"): _TOKEN_INVALID,
-    (400, "DeviceTokenNotForTopic"): _TOKEN_INVALID,
     (429, None): _RETRY,
 }
+
+#: Answers that mean *our* configuration is wrong, not the device's token: every push fails the
+#: same way until it is fixed, so they fail the push and never disable a registration (a wrong
+#: topic would otherwise disable every iOS token). Reason -> what to check, for the log line.
+CONFIG_ERRORS: dict[str, str] = {
+    "DeviceTokenNotForTopic": "the device tokens belong to another app: BRIDGE_APNS_TOPIC must be "
+    "the app's bundle id",
+    "TopicDisallowed": "the key or certificate may not push to BRIDGE_APNS_TOPIC",
+    "BadTopic": "BRIDGE_APNS_TOPIC is not a valid topic",
+    "MissingTopic": "set BRIDGE_APNS_TOPIC (the app's bundle id)",
+    "InvalidProviderToken": "BRIDGE_APNS_KEY_FILE, BRIDGE_APNS_KEY_ID and BRIDGE_APNS_TEAM_ID do "
+    "not match a key of that team",
+    "MissingProviderToken": "set BRIDGE_APNS_KEY_FILE (token auth) or BRIDGE_APNS_CERT_FILE",
+    "ExpiredProviderToken": "the provider token is older than an hour: is this machine's clock right?",
+    "UnrelatedKeyIdInToken": "BRIDGE_APNS_KEY_ID is not a key of BRIDGE_APNS_TEAM_ID",
+    "BadEnvironmentKeyIdInToken": "the key is not valid for this environment (BRIDGE_APNS_SANDBOX)",
+    "BadCertificate": "BRIDGE_APNS_CERT_FILE is not accepted by Apple",
+    "BadCertificateEnvironment": "BRIDGE_APNS_CERT_FILE is for the other environment "
+    "(BRIDGE_APNS_SANDBOX)",
+    "Forbidden": "the key or certificate may not push to BRIDGE_APNS_TOPIC",
+}
+#: A configuration error is logged at most once per reason in this many seconds.
+CONFIG_LOG_INTERVAL = 60.0
 
 #: Exceptions that mean "the network or the connection", not "this notification": retry.
 _CONNECTION_ERRORS = (
@@ -77,8 +101,14 @@ _CONNECTION_ERRORS = (
 )
 
 
-def map_response(status: int, reason: str | None, retry_after: str | None = None) -> SendResult:
-    """Map one APNs answer (HTTP status, ``reason``, ``retry-after`` header) to a result kind."""
+def map_response(
+    status: int,
+    reason: str | None,
+    retry_after: str | None = None,
+    timestamp: int | float | None = None,
+) -> SendResult:
+    """Map one APNs answer (HTTP status, ``reason``, ``retry-after`` header, the 410 body's
+    ``timestamp`` in epoch milliseconds) to a result kind."""
     if status == 200:
         return Delivered()
     reason = reason or f"http_{status}"
@@ -86,7 +116,10 @@ def map_response(status: int, reason: str | None, retry_after: str | None = None
     if kind is None:
         kind = _RETRY if status >= 500 or reason == "Shutdown" else _FAILED
     if kind == _TOKEN_INVALID:
-        return TokenInvalid(reason)
+        since: float | None = None
+        if isinstance(timestamp, int | float) and not isinstance(timestamp, bool) and timestamp > 0:
+            since = timestamp / 1000
+        return TokenInvalid(reason, since)
     if kind == _RETRY:
         return Retry(reason, _not_before(retry_after))
     return Failed(reason)
@@ -283,6 +316,7 @@ class ApnsProvider:
         recycle_sends: int = 100_000,
         recycle_after: float = 1800.0,
         max_connections: int = 10,
+        config_log_interval: float = CONFIG_LOG_INTERVAL,
     ) -> None:
         if (key is None) == (cert_file is None) or (key is not None and not (key_id and team_id)):
             raise ValueError("APNs needs either key, key_id and team_id, or cert_file")
@@ -301,6 +335,10 @@ class ApnsProvider:
         self._recycle_sends = recycle_sends
         self._recycle_after = recycle_after
         self._max_connections = max_connections
+        self._config_log_interval = config_log_interval
+        #: Per configuration error: when it was last logged, and how often it came since.
+        self._config_logged: dict[str, float] = {}
+        self._config_unlogged: dict[str, int] = {}
         self._current: _Generation | None = None
         self._retired: set[_Generation] = set()
         self._closed = False
@@ -383,8 +421,30 @@ class ApnsProvider:
             int(response.status or 0),
             response.description,
             gen.retry_after.pop(request.notification_id, None),
+            response.timestamp,
         )
+        if isinstance(result, Failed) and result.reason in CONFIG_ERRORS:
+            self._config_error(result.reason, topic)
         return Delivered(request.notification_id) if isinstance(result, Delivered) else result
+
+    def _config_error(self, reason: str, topic: str) -> None:
+        """Say loudly that the configuration is wrong, once per interval (not once per push)."""
+        now = time.monotonic()
+        self._config_unlogged[reason] = self._config_unlogged.get(reason, 0) + 1
+        last = self._config_logged.get(reason)
+        if last is not None and now - last < self._config_log_interval:
+            return
+        self._config_logged[reason] = now
+        count = self._config_unlogged.pop(reason)
+        logger.error(
+            "APNs refuses pushes with %s: %s (topic %r, host %s). These pushes fail; no "
+            "registration is disabled. %d such answer(s) since the last line like this one.",
+            reason,
+            CONFIG_ERRORS[reason],
+            topic,
+            self._host,
+            count,
+        )
 
     async def close(self) -> None:
         """Close every connection; later sends answer ``Retry("provider_closed")``."""

@@ -19,6 +19,23 @@ class Claims(Protocol):
         """Take ``push_id`` for ``ttl`` seconds; True only the first time within that window."""
         ...
 
+    async def sending(self, push_id: str, ttl: float) -> bool:
+        """Marks a claimed push as being sent (its first send): True if this process may send it.
+
+        False when another process holds the claim now (it took over the claim of a process it
+        believed dead): that one sends the push, so this one must not.
+        """
+        ...
+
+    def confirm_before_send(self) -> bool:
+        """Whether a send must wait for :meth:`sending`'s answer.
+
+        False while no other process can have taken this one's claims over: the send then starts
+        together with the mark, so both leave in the same event-loop step and a process killed
+        in between (a lost push, or one sent twice) is as unlikely as can be.
+        """
+        ...
+
     async def release(self, push_id: str) -> None:
         """Give ``push_id`` back (a push given up before any send), so a later try may claim it."""
         ...
@@ -57,6 +74,14 @@ class MemoryClaims:
         while len(self._expiry) > self._max_entries:
             self._expiry.popitem(last=False)
         return True
+
+    async def sending(self, push_id: str, ttl: float) -> bool:
+        """Always True: in one process nobody else can take a claim over."""
+        return True
+
+    def confirm_before_send(self) -> bool:
+        """Always False (see :meth:`sending`)."""
+        return False
 
     async def release(self, push_id: str) -> None:
         """Forget ``push_id`` (no error if it is unknown or already expired)."""

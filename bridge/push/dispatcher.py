@@ -4,6 +4,11 @@ Each provider gets a lane of its own: a bounded capacity, a ready queue and ``co
 workers, so a stalled provider never delays another and a stalled device holds one worker of
 its provider, not the lane. A notification waiting for a retry sits on a loop timer, not in a
 worker. Every push id is claimed before it is queued, so a push is sent at most once.
+
+A claim is kept when the provider gave a final answer (delivered, token invalid, failed) and
+released when the bridge itself gave up on the push (shutdown, ``max_age``, retries exhausted, an
+internal error): the push did not go out, and whoever re-creates it (the next owner of the device
+after a hand-over or a restart, backfilling from its checkpoint) must be free to send it.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ log = logging.getLogger(__name__)
 #: Called once with every final result: delivered, token invalid, failed, or a give-up as
 #: ``Failed("max_age")`` / ``Failed("retries_exhausted")`` / ``Failed("no_provider")``.
 ResultHandler = Callable[[Notification, SendResult], Awaitable[None]]
-#: Called with the notification and the provider's reason when its token is dead.
-TokenInvalidHandler = Callable[[Notification, str], Awaitable[None]]
+#: Called with the notification and the provider's answer when its token is dead.
+TokenInvalidHandler = Callable[[Notification, TokenInvalid], Awaitable[None]]
 
 #: How long a claimed push id stays claimed: longer than any path that may re-create the same
 #: push (a hand-over, a backfill after a gap), so a late duplicate is still recognised.
@@ -51,8 +56,6 @@ class _Item:
     """A notification inside the dispatcher (identity semantics: kept in sets)."""
 
     n: Notification
-    #: A send was started, so the push may have gone out: its claim must be kept.
-    sent: bool = False
     timer: asyncio.TimerHandle | None = None
 
 
@@ -172,9 +175,11 @@ class Dispatcher:
     async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - the agreed API (drain deadline)
         """Stop accepting, drain for up to ``timeout`` seconds, then cancel what is left.
 
-        Notifications never sent have their claims released, so whoever takes over the device
-        may send them; all those left unfinished are counted as dropped (``shutdown``). Providers
-        are not closed: they belong to whoever built them. Idempotent.
+        Answers that arrive during the drain are reported as usual (the owner must still be
+        listening). What is left unfinished (queued, waiting for a retry, or a send still
+        unanswered after the whole drain) is counted as dropped (``shutdown``), is not reported,
+        and has its claim released, so whoever takes over the device may send it. Providers are
+        not closed: they belong to whoever built them. Idempotent.
         """
         if self._closing:
             return
@@ -200,8 +205,9 @@ class Dispatcher:
         await asyncio.gather(*workers, return_exceptions=True)
         for lane, item in left:
             self._metrics.pushes_dropped.labels(lane.name, "shutdown").inc()
-            if not item.sent:
-                await self._release_claim(item.n)
+            # Not delivered as far as we know: a claim kept here would make the next owner's
+            # backfill treat the push as sent (for a day) and drop it.
+            await self._release_claim(item.n)
             self._finish(lane)
         if left:
             log.warning("dispatcher closed with %d pushes unfinished", len(left))
@@ -269,6 +275,7 @@ class Dispatcher:
                 log.error(
                     "dispatcher error (%s); push dropped", type(exc).__name__, extra=_ctx(item.n)
                 )
+                await self._release_claim(item.n)
                 self._finish(lane)
             finally:
                 lane.in_flight.discard(item)
@@ -278,8 +285,23 @@ class Dispatcher:
         if self._clock() - n.created_at > self._max_age:
             await self._give_up(lane, item, "max_age")
             return
-        item.sent = True
+        marking: asyncio.Task[bool] | None = None
+        if n.attempt == 0:
+            # Mark the claim as being sent: a worker killed after the mark leaves the push to
+            # nobody (it may have gone out), one killed before leaves it to the next owner. The
+            # mark runs alongside the send, so both writes leave within about one loop step,
+            # unless another worker may hold the claim by now: then the send waits for it.
+            marking = asyncio.ensure_future(self._sending(n))
+            if self._claims.confirm_before_send() and not await marking:
+                # It took the claim over (it believed this one dead): it sends the push.
+                self._metrics.pushes_dropped.labels(lane.name, "claimed_elsewhere").inc()
+                log.info("push claimed by another worker meanwhile; not sent here", extra=_ctx(n))
+                await self._report(n, Failed("claimed_elsewhere"))
+                self._finish(lane)
+                return
         result = await self._send_once(lane, n)
+        if marking is not None and not await marking:
+            log.warning("push sent while another worker held its claim (a duplicate)", extra=_ctx(n))
         if not isinstance(result, Retry):
             await self._report(n, result)
             self._finish(lane)
@@ -311,7 +333,10 @@ class Dispatcher:
             if self._send_timeout is None:
                 result = await lane.provider.send(n)
             else:
-                result = await asyncio.wait_for(lane.provider.send(n), self._send_timeout)
+                # A timeout scope, not wait_for: no extra task, so the request is written in this
+                # step, right after its claim was marked as sending.
+                async with asyncio.timeout(self._send_timeout):
+                    result = await lane.provider.send(n)
         except TimeoutError:
             result = Retry("timeout")
         except Exception as exc:
@@ -323,14 +348,13 @@ class Dispatcher:
             latency = max(0.0, time.monotonic() - n.received_at)
             self._metrics.push_latency.labels(lane.name).observe(latency)
         if isinstance(result, TokenInvalid):
-            await self._token_invalid(lane, n, result.reason)
+            await self._token_invalid(lane, n, result)
         return result
 
     async def _give_up(self, lane: _Lane, item: _Item, reason: str) -> None:
         self._metrics.pushes_dropped.labels(lane.name, reason).inc()
         log.info("push dropped (%s)", reason, extra=_ctx(item.n))
-        if not item.sent:
-            await self._release_claim(item.n)
+        await self._release_claim(item.n)  # not sent, or answered "retry": not delivered
         await self._report(item.n, Failed(reason))
         self._finish(lane)
 
@@ -346,13 +370,13 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ callbacks and claims
 
-    async def _token_invalid(self, lane: _Lane, n: Notification, reason: str) -> None:
-        self._metrics.invalid_tokens.labels(lane.name, reason).inc()
-        log.info("push token invalid (%s)", reason, extra=_ctx(n))
+    async def _token_invalid(self, lane: _Lane, n: Notification, result: TokenInvalid) -> None:
+        self._metrics.invalid_tokens.labels(lane.name, result.reason).inc()
+        log.info("push token invalid (%s)", result.reason, extra=_ctx(n))
         if self._on_token_invalid is None:
             return
         try:
-            await self._on_token_invalid(n, reason)
+            await self._on_token_invalid(n, result)
         except Exception as exc:
             log.error("token-invalid handler raised %s", type(exc).__name__, extra=_ctx(n))
 
@@ -371,6 +395,16 @@ class Dispatcher:
             # Fail open: a rare duplicate is better than silently losing the user's push.
             log.warning(
                 "push claim failed (%s); sending unchecked", type(exc).__name__, extra=_ctx(n)
+            )
+            return True
+
+    async def _sending(self, n: Notification) -> bool:
+        try:
+            return await self._claims.sending(n.push_id, self._claim_ttl)
+        except Exception as exc:
+            # Fail open, as for the claim itself.
+            log.warning(
+                "push claim not marked as sending (%s); sending anyway", type(exc).__name__, extra=_ctx(n)
             )
             return True
 

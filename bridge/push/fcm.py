@@ -62,7 +62,9 @@ Kind = Literal["token_invalid", "retry", "failed"]
 #: ``token_invalid`` when it is about the token (see :func:`result_for_error`).
 ERROR_RESULTS: dict[type[Exception], tuple[Kind, str]] = {
     messaging.UnregisteredError: ("token_invalid", "unregistered"),
-    messaging.SenderIdMismatchError: ("token_invalid", "sender_id_mismatch"),
+    # The service account is of another Firebase project than the app's tokens: a configuration
+    # error that would otherwise disable every Android token, not a dead token.
+    messaging.SenderIdMismatchError: ("failed", "sender_id_mismatch"),
     messaging.QuotaExceededError: ("retry", "quota_exceeded"),
     messaging.ThirdPartyAuthError: ("failed", "third_party_auth_error"),
     fb.InvalidArgumentError: ("failed", "invalid_argument"),
@@ -76,6 +78,19 @@ ERROR_RESULTS: dict[type[Exception], tuple[Kind, str]] = {
     fb.PermissionDeniedError: ("failed", "permission_denied"),
     fb.NotFoundError: ("failed", "not_found"),
 }
+
+
+#: Failures that mean our configuration is wrong (every push fails alike until it is fixed):
+#: logged loudly, once per :data:`CONFIG_LOG_INTERVAL` per reason. Reason -> what to check.
+CONFIG_ERRORS: dict[str, str] = {
+    "sender_id_mismatch": "the tokens belong to another Firebase project than "
+    "BRIDGE_FCM_CREDENTIALS_FILE's service account",
+    "third_party_auth_error": "the APNs key or web push credentials in the Firebase project are "
+    "missing or wrong",
+    "permission_denied": "BRIDGE_FCM_CREDENTIALS_FILE's service account may not send messages "
+    "for its project",
+}
+CONFIG_LOG_INTERVAL = 60.0
 
 
 def _retry_after(response: Any, now: float) -> float | None:
@@ -374,6 +389,7 @@ class FcmProvider:
         batch_delay: float = 0.002,
         max_batch: int = MAX_BATCH,
         refresh_margin: float = REFRESH_MARGIN,
+        config_log_interval: float = CONFIG_LOG_INTERVAL,
     ) -> None:
         if not 1 <= max_batch <= MAX_BATCH:
             raise ValueError(f"max_batch must be within 1..{MAX_BATCH}")
@@ -383,6 +399,9 @@ class FcmProvider:
         self._batch_delay = batch_delay
         self._max_batch = max_batch
         self._refresh_margin = max(refresh_margin, REFRESH_MARGIN)
+        self._config_log_interval = config_log_interval
+        self._config_logged: dict[str, float] = {}
+        self._config_unlogged: dict[str, int] = {}
         self._credential = cert.get_credential()
         self._session = requests.Session()
         self._token_request = _TokenRequest(
@@ -524,7 +543,27 @@ class FcmProvider:
         ):
             # FCM refused our access token: fetch a new one before the next batch.
             self._stale = True
-        return result_for_error(exc, token)
+        result = result_for_error(exc, token)
+        if isinstance(result, Failed) and result.reason.split(":")[0] in CONFIG_ERRORS:
+            self._config_error(result.reason.split(":")[0])
+        return result
+
+    def _config_error(self, reason: str) -> None:
+        """Say loudly that the configuration is wrong, once per interval (not once per push)."""
+        now = time.monotonic()
+        self._config_unlogged[reason] = self._config_unlogged.get(reason, 0) + 1
+        last = self._config_logged.get(reason)
+        if last is not None and now - last < self._config_log_interval:
+            return
+        self._config_logged[reason] = now
+        logger.error(
+            "FCM refuses pushes with %s: %s (project %s). These pushes fail; no registration is "
+            "disabled. %d such answer(s) since the last line like this one.",
+            reason,
+            CONFIG_ERRORS[reason],
+            self.project_id,
+            self._config_unlogged.pop(reason),
+        )
 
     # ------------------------------------------------------------------ OAuth token
 

@@ -25,14 +25,20 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class TokenInvalid:
-    """The token is dead (unregistered, expired, wrong topic...): disable the registration."""
+    """The token is dead (unregistered, expired, malformed): disable the registration.
+
+    ``since``: epoch seconds from which the provider knows the token was invalid (APNs' 410
+    ``timestamp``), or None. A registration updated after it holds a newer token (or the same
+    token registered again) and is left alone.
+    """
 
     reason: str
+    since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """A permanent failure for this notification; the token may still be good."""
+    """A permanent failure for this notification (or a configuration error); the token may be good."""
 
     reason: str
 

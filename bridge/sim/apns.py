@@ -21,10 +21,10 @@ import ssl
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jwt
 from h2.config import H2Configuration
@@ -127,8 +127,9 @@ class _Connection(asyncio.Protocol):
         self.client_cert = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not an isinstance check: uvloop's TLS transport (``push-bridge sim`` runs on uvloop)
+        # has every method of asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         self.client_cert = bool(transport.get_extra_info("peercert"))
         self._sim._connections.add(self)
         self._sim.accepted += 1
@@ -297,6 +298,8 @@ class ApnsSim:
         self.received_total = 0
         #: Requests by the status answered (0 for a dropped connection).
         self.statuses: Counter[int] = Counter()
+        #: Called with each request as it is recorded (``run`` writes them to a file).
+        self.on_record: Callable[[ApnsReceived], None] | None = None
 
     @property
     def port(self) -> int:
@@ -377,6 +380,8 @@ class ApnsSim:
         self.statuses[received.status or 0] += 1
         if self._keep_received is not None and len(self.received) > 2 * self._keep_received:
             del self.received[: -self._keep_received]  # trimmed in chunks: amortised O(1)
+        if self.on_record is not None:
+            self.on_record(received)
         self._received_changed.set()
 
     # --- Apple's checks, in the order Apple's answers suggest
@@ -523,36 +528,51 @@ async def run(host: str, port: int, state_dir: Path, topic: str) -> None:
     """Serve a simulated APNs until cancelled, with certificates and a key kept in ``state_dir``.
 
     Writes ``state_dir/apns-sim.json`` with the files made and the ``BRIDGE_APNS_*`` settings
-    (``env``) that point a bridge at this simulator.
+    (``env``) that point a bridge at this simulator, and appends every request it answers to
+    ``state_dir/apns-received.jsonl`` (emptied at start): what arrived is otherwise visible only
+    inside this process, and a bridge in another process or container is checked against it.
     """
     ca_file, cert_file, server_key_file, key = await asyncio.to_thread(_load_or_create, state_dir)
     sim = ApnsSim(cert_file, server_key_file, topics=[topic], keys=[key])
-    await sim.start(host, port)
-    env = {
-        "BRIDGE_APNS_HOST": host,
-        "BRIDGE_APNS_PORT": str(sim.port),
-        "BRIDGE_APNS_CA_FILE": str(ca_file),
-        "BRIDGE_APNS_KEY_FILE": str(key.key_file),
-        "BRIDGE_APNS_KEY_ID": key.key_id,
-        "BRIDGE_APNS_TEAM_ID": key.team_id,
-        "BRIDGE_APNS_TOPIC": topic,
-    }
-    state = {
-        "host": host,
-        "port": sim.port,
-        "topic": topic,
-        "ca_file": str(ca_file),
-        "cert_file": str(cert_file),
-        "server_key_file": str(server_key_file),
-        "key_file": str(key.key_file),
-        "key_id": key.key_id,
-        "team_id": key.team_id,
-        "public_key_file": str(state_dir / "keys" / "apns-public.pem"),
-        "env": env,
-    }
-    await asyncio.to_thread((state_dir / "apns-sim.json").write_text, json.dumps(state, indent=2))
-    logger.info("APNs sim ready; settings in %s", state_dir / "apns-sim.json")
+    received_file = state_dir / "apns-received.jsonl"
+    out = await asyncio.to_thread(received_file.open, "w", encoding="utf-8")
+
+    def write(r: ApnsReceived) -> None:
+        fields = {"token": r.token, "status": r.status, "reason": r.reason}
+        out.write(json.dumps({**fields, "headers": r.headers, "payload": r.payload}) + "\n")
+        out.flush()  # a reader polls the file while this process runs
+
+    sim.on_record = write
     try:
+        await sim.start(host, port)
+        env = {
+            "BRIDGE_APNS_HOST": host,
+            "BRIDGE_APNS_PORT": str(sim.port),
+            "BRIDGE_APNS_CA_FILE": str(ca_file),
+            "BRIDGE_APNS_KEY_FILE": str(key.key_file),
+            "BRIDGE_APNS_KEY_ID": key.key_id,
+            "BRIDGE_APNS_TEAM_ID": key.team_id,
+            "BRIDGE_APNS_TOPIC": topic,
+        }
+        state = {
+            "host": host,
+            "port": sim.port,
+            "topic": topic,
+            "ca_file": str(ca_file),
+            "cert_file": str(cert_file),
+            "server_key_file": str(server_key_file),
+            "key_file": str(key.key_file),
+            "key_id": key.key_id,
+            "team_id": key.team_id,
+            "public_key_file": str(state_dir / "keys" / "apns-public.pem"),
+            "received_file": str(received_file),
+            "env": env,
+        }
+        await asyncio.to_thread(
+            (state_dir / "apns-sim.json").write_text, json.dumps(state, indent=2)
+        )
+        logger.info("APNs sim ready; settings in %s", state_dir / "apns-sim.json")
         await asyncio.Event().wait()
     finally:
-        await sim.stop()
+        await sim.stop()  # a no-op when it never started
+        out.close()

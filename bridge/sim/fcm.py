@@ -1,8 +1,8 @@
 """A simulated FCM HTTP v1 server with its own OAuth token endpoint, scriptable per push token.
 
 ``POST /v1/projects/{project}/messages:send`` checks what Google checks (a bearer token it issued,
-the project id, the message shape: one target, string-only ``data`` of at most 4096 bytes, no
-unknown fields) and answers in Google's error body shape, including the ``FcmError`` detail that
+the project id, the message shape: one target, string-only ``data``, at most 4096 bytes of data
+keys and values plus notification titles and bodies, no unknown fields) and answers in Google's error body shape, including the ``FcmError`` detail that
 firebase-admin reads. ``POST /token`` answers a service-account JWT-bearer grant after verifying
 the assertion's RS256 signature against the key this simulator generated. Per-token scripts give
 errors, ``429`` with ``Retry-After``, stalls and dropped connections.
@@ -212,14 +212,27 @@ def _check_message(message: Any) -> tuple[str, str] | None:
                 f"message.data[{i}].value",
             )
         size += len(key.encode()) + len(value.encode())
-    if size > MAX_DATA_BYTES:
-        return (
-            f"Message data is too big: {size} bytes, the limit is {MAX_DATA_BYTES}.",
-            "message.data",
-        )
     for block in ("notification", "android", "apns", "webpush"):
         if block in message and not isinstance(message[block], dict):
             return f"Invalid value at 'message.{block}'", f"message.{block}"
+    # FCM counts the whole message against its limit, not only ``data``: the notification's
+    # title and body too, wherever they are (top level or a platform block).
+    for note in (
+        message.get("notification"),
+        (message.get("android") or {}).get("notification"),
+        (message.get("webpush") or {}).get("notification"),
+    ):
+        if isinstance(note, dict):
+            size += sum(
+                len(v.encode())
+                for k, v in note.items()
+                if k in ("title", "body") and isinstance(v, str)
+            )
+    if size > MAX_DATA_BYTES:
+        return (
+            f"Message is too big: {size} bytes, the limit is {MAX_DATA_BYTES}.",
+            "message",
+        )
     return None
 
 

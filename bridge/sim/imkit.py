@@ -128,10 +128,15 @@ class ImkitSim:
 
         # switches
         self.ack_auth = True
+        #: the next N ``auth2`` calls, valid or not, get a server disconnect instead of an ack
+        #: (IMKIT restarting mid-handshake)
+        self.disconnect_next_auths = 0
         self.refuse_until = 0.0
         #: when set, every REST call (not /sim/) answers this HTTP status (``rest_fail_body`` or an envelope)
         self.rest_fail_status: int | None = None
         self.rest_fail_body: str | None = None
+        #: REST path (e.g. ``/me/badge``) -> HTTP status answered, in IMKIT's envelope, for that path only
+        self.rest_fail_paths: dict[str, int] = {}
         #: seconds every REST call (not /sim/) waits before answering
         self.rest_delay = 0.0
 
@@ -309,6 +314,29 @@ class ImkitSim:
         msg["messageType"] = "recall"
         msg["updatedAtMS"] = self._now_ms()
         await self._emit_to(self._room(msg["room"]).members, "chat message", msg)
+        return copy.deepcopy(msg)
+
+    async def stream_message(
+        self,
+        room_id: str,
+        sender_id: str,
+        chunks: list[str],
+        message_type: str = "text",
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
+        """An AI reply streamed as IMKIT does: a ``chat message`` placeholder of type ``ai_streaming``,
+        one ``ai_streaming {room, sender, text}`` event per chunk, then the finished ``chat message``
+        (same ``_id``, ``message_type``, the whole text, a new ``updatedAtMS``). Returns the final one.
+        """
+        placeholder = await self.send_message(room_id, sender_id, "", "ai_streaming", message_id)
+        members = self._room(room_id).members
+        for chunk in chunks:
+            await self._emit_to(members, "ai_streaming", {"room": room_id, "sender": sender_id, "text": chunk})
+        msg = self._message(placeholder["_id"])
+        msg["messageType"] = message_type
+        msg["message"] = "".join(chunks)
+        msg["updatedAtMS"] = self._now_ms()
+        await self._emit_to(members, "chat message", msg)
         return copy.deepcopy(msg)
 
     async def resend_message(self, message_id: str) -> int:
@@ -643,6 +671,11 @@ class ImkitSim:
             self.last_auth_headers[cid] = dict(headers)
         if not self.ack_auth:
             return self._sio.not_handled
+        if self.disconnect_next_auths > 0:
+            self.disconnect_next_auths -= 1
+            self._forget(sid)
+            await self._sio.disconnect(sid)
+            return self._sio.not_handled
         if cid is None or not self._key_ok(key):
             self.auth_failures_total += 1
             self._unindex(sock)
@@ -696,6 +729,10 @@ class ImkitSim:
                 return web.Response(status=self.rest_fail_status, text=self.rest_fail_body)
             env = {"RC": self.rest_fail_status, "RM": "Simulated failure"}
             return web.json_response(env, status=self.rest_fail_status)
+        path_status = self.rest_fail_paths.get(request.path)
+        if path_status is not None:
+            env = {"RC": path_status, "RM": "Simulated failure"}
+            return web.json_response(env, status=path_status)
         try:
             return await handler(request)
         except (KeyError, ValueError) as exc:

@@ -41,18 +41,43 @@ class Store(Protocol):
     async def get_device(self, device_id: str) -> Device | None: ...
 
     async def put_device(self, device: Device) -> None:
-        """Insert or replace a device (whole record) and publish an ``upsert``."""
+        """Insert or replace a device (whole record) and publish an ``upsert``.
+
+        When ``device.client_id`` differs from the stored owner, nothing of the previous owner
+        survives: the checkpoint becomes ``device``'s and the published status is removed.
+        """
 
     async def delete_device(self, device_id: str) -> bool:
-        """Remove a device; True if it existed. Publishes a ``delete``."""
+        """Remove a device and its published status; True if it existed. Publishes a ``delete``."""
+
+    async def find_push_token(self, token: str) -> list[tuple[str, str]]:
+        """``(device_id, push_type)`` of every registration holding ``token`` now, by device id.
+
+        Served by an index of keyed hashes of the push tokens (tokens themselves are stored
+        encrypted with a random IV, so they cannot be looked up).
+        """
 
     async def set_app_state(
         self, device_id: str, state: AppState, foreground_until: float | None
     ) -> bool:
         """Record foreground/background; True if the device exists. Publishes an ``upsert``."""
 
-    async def disable_registration(self, device_id: str, push_type: str, reason: str) -> bool:
-        """Mark one push token invalid (a provider said so). Publishes an ``upsert``."""
+    async def disable_registration(
+        self,
+        device_id: str,
+        push_type: str,
+        token: str,
+        reason: str,
+        *,
+        since: float | None = None,
+    ) -> bool:
+        """Mark the registration invalid if it still holds ``token`` (a provider said it is dead).
+
+        Nothing changes when the registration now holds another token, or (with ``since``, the
+        epoch time from which the provider knew the token was invalid) was updated after
+        ``since``: a late answer about an old token must not disable a fresh registration.
+        True when it was disabled by this call (then an ``upsert`` is published).
+        """
 
     async def set_checkpoint(self, device_id: str, message_id: str, version_ms: int) -> None:
         """Remember the last message handed to a provider. Publishes nothing."""

@@ -7,6 +7,9 @@ is generated on first start. No error message or ``repr`` here ever contains a k
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import secrets
 import stat
@@ -28,17 +31,24 @@ class TokenCipherError(ValueError):
 
 
 class TokenCipher:
-    """Encrypts and decrypts tokens with one Fernet key (AES-128-CBC + HMAC-SHA256)."""
+    """Encrypts and decrypts tokens with one Fernet key (AES-128-CBC + HMAC-SHA256).
 
-    __slots__ = ("_fernet",)
+    Fernet is not deterministic (a random IV per token), so a store cannot find a token by its
+    ciphertext: :meth:`lookup_hash` gives a keyed hash to index push tokens by instead.
+    """
+
+    __slots__ = ("_fernet", "_index_key")
 
     def __init__(self, key: str | bytes) -> None:
         """Raise :class:`ValueError` (naming no key material) unless ``key`` is a Fernet key."""
         try:
             self._fernet = Fernet(key)
+            raw = base64.urlsafe_b64decode(key)
         except (ValueError, TypeError):
             # ``from None``: the underlying base64 error must not travel with the key around it.
             raise ValueError(f"invalid secret key: {KEY_HINT}") from None
+        # A key of its own for the index (derived, so there is still one secret to manage).
+        self._index_key = hmac.new(raw, b"imkit-push-bridge push-token index v1", hashlib.sha256).digest()
 
     @classmethod
     def generate(cls) -> TokenCipher:
@@ -58,6 +68,14 @@ class TokenCipher:
                 "a stored token cannot be decrypted with the configured key "
                 "(was BRIDGE_SECRET_KEY or the key file changed?)"
             ) from None
+
+    def lookup_hash(self, token: str) -> str:
+        """HMAC-SHA256 of ``token`` under a key derived from the store key (64 hex characters).
+
+        The same token always gives the same hash (unlike :meth:`encrypt`); without the key the
+        hash reveals nothing about the token and cannot be checked against a guess.
+        """
+        return hmac.new(self._index_key, token.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def __repr__(self) -> str:
         return "TokenCipher(key=<hidden>)"

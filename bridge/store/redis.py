@@ -10,6 +10,11 @@ Layout (every key this store touches is listed right below):
 - ``pb:changes``: a stream of ``{kind, device_id}``, appended in the same MULTI/EXEC as the write
   it describes and trimmed to about ``stream_maxlen`` entries; positions are stream ids, so a
   reader resumes from its last id, across reconnects and restarts, without missing an entry.
+- ``pb:ptok:<hash>``: a set of ``"<deviceId> <type>"``, the registrations holding the push token
+  whose keyed hash (``TokenCipher.lookup_hash``) is ``<hash>``; written in the same MULTI/EXEC
+  as the device. ``pb:meta:ptok`` marks that devices from before this index were indexed.
+- ``pb:status:<deviceId>``: what the device's worker last published (see ``put_status``);
+  removed when the device is deleted or changes owner.
 
 Single Redis instance (or a primary with replicas); the multi-key transactions are not
 Redis Cluster compatible.
@@ -47,6 +52,8 @@ KEY_CHECK_KEY = PREFIX + "meta:keycheck"  # a known plaintext, encrypted: detect
 PING_KEY = PREFIX + "meta:ping"  # written by ping() to prove the store is writable
 STATUS_KEY = PREFIX + "status:"  # + device id: JSON of what its worker knows (why no push?)
 STATUS_TTL_S = 7 * 86400
+PUSH_TOKEN_KEY = PREFIX + "ptok:"  # + lookup hash of a push token: set of "<deviceId> <type>"
+PUSH_TOKEN_INDEXED_KEY = PREFIX + "meta:ptok"  # "1" once every device was indexed
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +142,7 @@ class RedisStore:
         self._redis = Redis.from_pool(pool)
         try:
             await self._check_key()
+            await self._index_push_tokens()
         except BaseException:
             await self.close()
             raise
@@ -153,6 +161,33 @@ class RedisStore:
                 "the Redis store was written with a different BRIDGE_SECRET_KEY than the "
                 "configured one"
             )
+
+    async def _index_push_tokens(self) -> None:
+        """Index the push tokens of devices written before the index existed (once per store).
+
+        Several nodes may run this at once, and writes may go on meanwhile: an entry it adds
+        for a registration changed in between is stale, and :meth:`find_push_token` checks
+        every entry against the device (dropping stale ones).
+        """
+        r = self._client()
+        with _unavailable("open"):
+            if await r.get(PUSH_TOKEN_INDEXED_KEY) is not None:
+                return
+            ids = _texts(await r.zrange(DEVICES_KEY, 0, -1))
+            for chunk in _chunks(ids, 500):
+                async with r.pipeline(transaction=False) as pipe:
+                    for device_id in chunk:
+                        pipe.hget(DEVICE_KEY + device_id, "data")
+                    rows = await pipe.execute()
+                async with r.pipeline(transaction=False) as pipe:
+                    for device_id, raw in zip(chunk, rows, strict=True):
+                        if raw is not None:
+                            for h, push_type in self._token_entries(json.loads(raw)):
+                                pipe.sadd(PUSH_TOKEN_KEY + h, _member(device_id, push_type))
+                    await pipe.execute()
+            await r.set(PUSH_TOKEN_INDEXED_KEY, "1")
+        if ids:
+            log.info("redis store: indexed the push tokens of %d devices", len(ids))
 
     async def close(self) -> None:
         """Disconnect; every ``changes()`` iterator ends. Idempotent."""
@@ -219,21 +254,35 @@ class RedisStore:
     # ------------------------------------------------------------------ writes
 
     async def put_device(self, device: Device) -> None:
-        """Insert or replace the whole device; the checkpoint never moves backwards."""
+        """Insert or replace the whole device; the checkpoint never moves backwards.
+
+        A new owner replaces the checkpoint and loses the previous owner's published status.
+        """
         key = DEVICE_KEY + device.device_id
-        data = json.dumps(self._encode(device), separators=(",", ":"))
+        encoded = self._encode(device)
+        data = json.dumps(encoded, separators=(",", ":"))
+        new_entries = set(self._token_entries(encoded))
 
         async def write(pipe: Pipeline) -> None:
             old_data, cp_ms = await pipe.hmget(key, ["data", "cp_ms"])
-            old_client = json.loads(old_data)["client_id"] if old_data else None
+            old = json.loads(old_data) if old_data else None
+            old_client: str | None = old["client_id"] if old else None
+            old_entries = set(self._token_entries(old)) if old else set()
+            changed_owner = old_client is not None and old_client != device.client_id
             _multi(pipe)
             pipe.hset(key, "data", data)
+            if old_client is not None and changed_owner:
+                pipe.hdel(key, "cp_id", "cp_ms")
+                pipe.delete(STATUS_KEY + device.device_id)
+                pipe.srem(CLIENT_KEY + old_client, device.device_id)
             if device.checkpoint_ms is not None and (
-                cp_ms is None or device.checkpoint_ms >= int(cp_ms)
+                changed_owner or cp_ms is None or device.checkpoint_ms >= int(cp_ms)
             ):
                 pipe.hset(key, mapping={"cp_id": device.checkpoint_id or "", "cp_ms": device.checkpoint_ms})
-            if old_client is not None and old_client != device.client_id:
-                pipe.srem(CLIENT_KEY + old_client, device.device_id)
+            for h, push_type in old_entries - new_entries:
+                pipe.srem(PUSH_TOKEN_KEY + h, _member(device.device_id, push_type))
+            for h, push_type in new_entries - old_entries:
+                pipe.sadd(PUSH_TOKEN_KEY + h, _member(device.device_id, push_type))
             pipe.sadd(CLIENT_KEY + device.client_id, device.device_id)
             pipe.zadd(DEVICES_KEY, {device.device_id: 0})
             self._queue_change(pipe, "upsert", device.device_id)
@@ -248,14 +297,45 @@ class RedisStore:
             old_data = await pipe.hget(key, "data")
             if old_data is None:
                 return False
+            old = json.loads(old_data)
             _multi(pipe)
             pipe.delete(key)
-            pipe.srem(CLIENT_KEY + json.loads(old_data)["client_id"], device_id)
+            pipe.delete(STATUS_KEY + device_id)
+            pipe.srem(CLIENT_KEY + old["client_id"], device_id)
+            for h, push_type in self._token_entries(old):
+                pipe.srem(PUSH_TOKEN_KEY + h, _member(device_id, push_type))
             pipe.zrem(DEVICES_KEY, device_id)
             self._queue_change(pipe, "delete", device_id)
             return True
 
         return await self._transaction("delete_device", key, write)
+
+    async def find_push_token(self, token: str) -> list[tuple[str, str]]:
+        """``(device_id, push_type)`` of the registrations holding ``token``.
+
+        Each index entry is checked against the device; a stale one (left by the one-time
+        indexing of older devices racing a write) is removed, under WATCH of the device.
+        """
+        h = self._cipher.lookup_hash(token)
+        index = PUSH_TOKEN_KEY + h
+        r = self._client()
+        with _unavailable("find_push_token"):
+            members = sorted(_texts(await r.smembers(index)))
+        found: list[tuple[str, str]] = []
+        for member in members:
+            device_id, _, push_type = member.partition(" ")
+
+            async def check(pipe: Pipeline, device_id: str = device_id, member: str = member) -> bool:
+                raw = await pipe.hget(DEVICE_KEY + device_id, "data")
+                if raw is not None and (h, member.partition(" ")[2]) in self._token_entries(json.loads(raw)):
+                    return True
+                _multi(pipe)
+                pipe.srem(index, member)
+                return False
+
+            if await self._transaction("find_push_token", DEVICE_KEY + device_id, check):
+                found.append((device_id, push_type))
+        return found
 
     async def set_app_state(
         self, device_id: str, state: AppState, foreground_until: float | None
@@ -269,12 +349,26 @@ class RedisStore:
 
         return await self._update("set_app_state", device_id, change)
 
-    async def disable_registration(self, device_id: str, push_type: str, reason: str) -> bool:
-        """Mark one registration's token invalid; True if that registration exists."""
+    async def disable_registration(
+        self,
+        device_id: str,
+        push_type: str,
+        token: str,
+        reason: str,
+        *,
+        since: float | None = None,
+    ) -> bool:
+        """Disable the registration if it still holds ``token`` and was not updated after ``since``."""
 
         def change(data: dict[str, Any], now: float) -> bool:
             reg = data["registrations"].get(push_type)
-            if reg is None:
+            # Tokens are encrypted with a random IV: compare in the clear, under WATCH.
+            if (
+                reg is None
+                or reg["disabled_reason"] is not None
+                or self._cipher.decrypt(reg["token"]) != token
+                or (since is not None and reg["updated_at"] > since)
+            ):
                 return False
             reg["disabled_reason"] = reason
             reg["updated_at"] = now
@@ -446,6 +540,7 @@ class RedisStore:
                 push_type: {
                     "type": r.type,
                     "token": encrypt(r.token),
+                    "token_hash": self._cipher.lookup_hash(r.token),
                     "disabled_reason": r.disabled_reason,
                     "updated_at": r.updated_at,
                 }
@@ -458,6 +553,15 @@ class RedisStore:
             "updated_at": device.updated_at,
             "token_version": device.token_version,
         }
+
+    def _token_entries(self, data: dict[str, Any]) -> list[tuple[str, str]]:
+        """``(lookup hash, push type)`` of each registration of an encoded device."""
+        out = []
+        for push_type, reg in data["registrations"].items():
+            # Devices written before the index have no token_hash: hash the decrypted token.
+            h = reg.get("token_hash") or self._cipher.lookup_hash(self._cipher.decrypt(reg["token"]))
+            out.append((h, push_type))
+        return out
 
     def _decode(self, fields: dict[str, str]) -> Device:
         decrypt = self._cipher.decrypt
@@ -506,6 +610,16 @@ def _fields(raw: object) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise TypeError(f"unexpected redis reply type {type(raw).__name__}")
     return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _member(device_id: str, push_type: str) -> str:
+    """A ``pb:ptok:`` set member (device ids and push types have no spaces)."""
+    return f"{device_id} {push_type}"
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -57,6 +57,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (device_id, type)
     );
     """,
+    # 2: a keyed hash of each push token (TokenCipher.lookup_hash), to find the devices holding
+    # a token. Rows from before are hashed right after the migration (see _index_tokens_sync).
+    """
+    ALTER TABLE registrations ADD COLUMN token_hash TEXT;
+    CREATE INDEX registrations_by_token ON registrations (token_hash);
+    """,
 )
 
 #: A known plaintext stored encrypted at first open: a later open with another key fails early
@@ -214,6 +220,10 @@ class SqliteStore:
         """Remove the device and its registrations; True if it existed."""
         return await self._run("delete_device", self._delete_sync, device_id)
 
+    async def find_push_token(self, token: str) -> list[tuple[str, str]]:
+        """``(device_id, push_type)`` of the registrations holding ``token``."""
+        return await self._run("find_push_token", self._find_token_sync, self._cipher.lookup_hash(token))
+
     async def set_app_state(
         self, device_id: str, state: AppState, foreground_until: float | None
     ) -> bool:
@@ -222,10 +232,18 @@ class SqliteStore:
             "set_app_state", self._set_state_sync, device_id, state, foreground_until
         )
 
-    async def disable_registration(self, device_id: str, push_type: str, reason: str) -> bool:
-        """Mark one registration's token invalid; True if that registration exists."""
+    async def disable_registration(
+        self,
+        device_id: str,
+        push_type: str,
+        token: str,
+        reason: str,
+        *,
+        since: float | None = None,
+    ) -> bool:
+        """Disable the registration if it still holds ``token`` and was not updated after ``since``."""
         return await self._run(
-            "disable_registration", self._disable_sync, device_id, push_type, reason
+            "disable_registration", self._disable_sync, device_id, push_type, token, reason, since
         )
 
     async def set_checkpoint(self, device_id: str, message_id: str, version_ms: int) -> None:
@@ -343,6 +361,7 @@ class SqliteStore:
         conn.execute("PRAGMA foreign_keys=ON")
         self._migrate_sync(conn)
         self._check_key_sync(conn)
+        self._index_tokens_sync(conn)
 
     def _migrate_sync(self, conn: sqlite3.Connection) -> None:
         # Only read while the schema is current, so a read-only file still opens (for reads).
@@ -394,6 +413,21 @@ class SqliteStore:
                 f"sqlite store {self._path} was written with a different key than the configured "
                 "one (BRIDGE_SECRET_KEY or the key file beside the database)"
             )
+
+    def _index_tokens_sync(self, conn: sqlite3.Connection) -> None:
+        """Hash the push tokens of rows written before schema version 2 (needs the key)."""
+        if conn.execute("SELECT 1 FROM registrations WHERE token_hash IS NULL LIMIT 1").fetchone() is None:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        rows = conn.execute(
+            "SELECT device_id, type, token_enc FROM registrations WHERE token_hash IS NULL"
+        ).fetchall()
+        conn.executemany(
+            "UPDATE registrations SET token_hash = ? WHERE device_id = ? AND type = ?",
+            [(self._cipher.lookup_hash(self._cipher.decrypt(enc)), d, t) for d, t, enc in rows],
+        )
+        conn.execute("COMMIT")
+        log.info("sqlite store %s: indexed %d push tokens", self._path, len(rows))
 
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None
@@ -458,6 +492,13 @@ class SqliteStore:
         ).fetchone()
         return int(row[0])
 
+    def _find_token_sync(self, token_hash: str) -> list[tuple[str, str]]:
+        rows = self._db().execute(
+            "SELECT device_id, type FROM registrations WHERE token_hash = ? ORDER BY device_id, type",
+            (token_hash,),
+        )
+        return [(r[0], r[1]) for r in rows]
+
     def _ids_sync(self) -> list[str]:
         return [r[0] for r in self._db().execute("SELECT device_id FROM devices ORDER BY device_id")]
 
@@ -472,10 +513,14 @@ class SqliteStore:
             "locale = excluded.locale, state = excluded.state, "
             "foreground_until = excluded.foreground_until, created_at = excluded.created_at, "
             "updated_at = excluded.updated_at, token_version = excluded.token_version, "
-            # A worker may have advanced the checkpoint since the caller read this device.
-            "checkpoint_id = CASE WHEN excluded.checkpoint_ms >= coalesce(checkpoint_ms, -1) "
+            # A worker may have advanced the checkpoint since the caller read this device; but
+            # a new owner starts from its own (none): the old owner's gap is not theirs.
+            # (SET expressions all read the row as it was, so client_id here is the old owner.)
+            "checkpoint_id = CASE WHEN excluded.client_id != client_id "
+            "  OR excluded.checkpoint_ms >= coalesce(checkpoint_ms, -1) "
             "  THEN excluded.checkpoint_id ELSE checkpoint_id END, "
-            "checkpoint_ms = CASE WHEN excluded.checkpoint_ms >= coalesce(checkpoint_ms, -1) "
+            "checkpoint_ms = CASE WHEN excluded.client_id != client_id "
+            "  OR excluded.checkpoint_ms >= coalesce(checkpoint_ms, -1) "
             "  THEN excluded.checkpoint_ms ELSE checkpoint_ms END",
             (
                 device.device_id,
@@ -493,10 +538,18 @@ class SqliteStore:
         )
         conn.execute("DELETE FROM registrations WHERE device_id = ?", (device.device_id,))
         conn.executemany(
-            "INSERT INTO registrations (device_id, type, token_enc, disabled_reason, updated_at) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO registrations "
+            "(device_id, type, token_enc, disabled_reason, updated_at, token_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (device.device_id, push_type, encrypt(r.token), r.disabled_reason, r.updated_at)
+                (
+                    device.device_id,
+                    push_type,
+                    encrypt(r.token),
+                    r.disabled_reason,
+                    r.updated_at,
+                    self._cipher.lookup_hash(r.token),
+                )
                 for push_type, r in device.registrations.items()
             ],
         )
@@ -527,18 +580,31 @@ class SqliteStore:
         self._commit_change("upsert", device_id)
         return True
 
-    def _disable_sync(self, device_id: str, push_type: str, reason: str) -> bool:
+    def _disable_sync(
+        self, device_id: str, push_type: str, token: str, reason: str, since: float | None
+    ) -> bool:
         conn = self._db()
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
-        cur = conn.execute(
+        row = conn.execute(
+            "SELECT token_enc, disabled_reason, updated_at FROM registrations "
+            "WHERE device_id = ? AND type = ?",
+            (device_id, push_type),
+        ).fetchone()
+        # Tokens are encrypted with a random IV: compare in the clear, under the write lock.
+        if (
+            row is None
+            or row[1] is not None
+            or self._cipher.decrypt(row[0]) != token
+            or (since is not None and row[2] > since)
+        ):
+            conn.execute("ROLLBACK")
+            return False
+        conn.execute(
             "UPDATE registrations SET disabled_reason = ?, updated_at = ? "
             "WHERE device_id = ? AND type = ?",
             (reason, now, device_id, push_type),
         )
-        if cur.rowcount == 0:
-            conn.execute("ROLLBACK")
-            return False
         conn.execute("UPDATE devices SET updated_at = ? WHERE device_id = ?", (now, device_id))
         self._commit_change("upsert", device_id)
         return True

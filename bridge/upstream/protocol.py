@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 #: Events a device session listens to (everything IMKIT documents, plus ``cancelInvitation``).
 EVENTS: tuple[str, ...] = (
@@ -67,6 +68,33 @@ def decode_payload(raw: Any, *, allow_bare_string: bool = False) -> Any:
 def encode_payload(obj: Any) -> str:
     """The inverse of :func:`decode_payload` for base64 mode (used by the simulator)."""
     return base64.b64encode(json.dumps(obj, separators=(",", ":")).encode("utf-8")).decode("ascii")
+
+
+def iso_ms(value: Any) -> int | None:
+    """Epoch milliseconds of an ISO 8601 timestamp (``2018-12-22T06:52:29.380Z``); None if it is not one.
+
+    IMKIT sends ISO strings next to (and sometimes instead of) its ``*MS`` numbers; a time without
+    an offset is read as UTC, as IMKIT writes them.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return int(parsed.timestamp() * 1000)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _epoch_ms(v: Any) -> int | None:
+    """A ``*MS`` field: a number, a numeric string, or (tolerated) an ISO string."""
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError, OverflowError):
+        return iso_ms(v)
 
 
 class _Tolerant(BaseModel):
@@ -151,12 +179,19 @@ class Message(_Tolerant):
     @field_validator("messageTimeMS", "createdAtMS", "updatedAtMS", mode="before")
     @classmethod
     def _ms(cls, v: Any) -> int | None:
-        if v is None or isinstance(v, bool):
-            return None
-        try:
-            return int(v)
-        except (TypeError, ValueError):
-            return None
+        return _epoch_ms(v)
+
+    @model_validator(mode="after")
+    def _iso_times(self) -> Message:
+        # Payloads with only the ISO fields (``updatedAt``, ``createdAt``, ``messageTime``) would
+        # otherwise have version 0: never past a checkpoint, always "too old" for the backfill.
+        # Assign only what parses: an assignment marks the field as set, and the push payload
+        # (dumped with exclude_unset) would then carry "...MS": null for every absent field.
+        extra = self.model_extra or {}
+        for field, iso in (("updatedAtMS", "updatedAt"), ("createdAtMS", "createdAt"), ("messageTimeMS", "messageTime")):
+            if getattr(self, field) is None and (ms := iso_ms(extra.get(iso))) is not None:
+                setattr(self, field, ms)
+        return self
 
     @field_validator("mentions", mode="before")
     @classmethod
@@ -280,14 +315,19 @@ class CancelInvitation(_Tolerant):
 
 
 class RoomEvent(_Tolerant):
-    """A ``room`` event, either a Room or the legacy ``{room, memberProperty}`` shape."""
+    """A ``room`` event, either a Room or the legacy ``{room, memberProperty}`` shape, whose
+    ``room`` is a Room object or only its id (then nothing else about the room is known)."""
 
     room: Room
 
     @classmethod
     def parse(cls, obj: Any) -> RoomEvent:
-        if isinstance(obj, dict) and isinstance(obj.get("room"), dict) and "_id" not in obj:
-            return cls(room=Room.model_validate(obj["room"]))
+        if isinstance(obj, dict) and "_id" not in obj:
+            inner = obj.get("room")
+            if isinstance(inner, dict):
+                return cls(room=Room.model_validate(inner))
+            if isinstance(inner, str | int) and not isinstance(inner, bool) and inner != "":
+                return cls(room=Room.model_validate({"_id": inner}))
         return cls(room=Room.model_validate(obj))
 
 

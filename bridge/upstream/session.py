@@ -5,8 +5,11 @@ The session runs a supervisor task that loops: take a token from the process-wid
 ``socketio.AsyncClient`` (python-socketio's own reconnection is off), send ``conf`` and ``auth2``
 from the connect handler, and wait for the connection to end. How it ended decides what follows:
 
-- ``auth2`` answered ``RC: 401``, or the server disconnected while ``auth2`` was unanswered:
-  park in ``auth_failed`` until :meth:`UpstreamSession.update_token` brings a new token;
+- ``auth2`` answered ``RC: 401``: park in ``auth_failed`` until
+  :meth:`UpstreamSession.update_token` brings a new token;
+- the server disconnected while ``auth2`` was unanswered: IMKIT may do that after a failed auth,
+  but a restart looks the same, so ask the owner's ``token_refused`` (``GET /me``): park only if
+  IMKIT refuses the token there, otherwise back off and retry like any other disconnect;
 - a new token while connecting or live: reconnect at once with it;
 - anything else (connect error, no ack in time, dropped socket, ping timeout, server disconnect
   of a live socket): ``backoff`` with full jitter, then connect again.
@@ -29,7 +32,8 @@ import socketio
 
 from bridge._backoff import Backoff
 from bridge.models import SessionState
-from bridge.upstream.protocol import EVENTS, DecodeError, decode_payload, parse_event
+from bridge.upstream import decode_cache
+from bridge.upstream.protocol import EVENTS, DecodeError, decode_payload
 from bridge.upstream.ratelimit import ConnectLimiter
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,8 @@ log = logging.getLogger(__name__)
 EventHandler = Callable[[str, Any], Awaitable[None]]
 #: ``(session, new state, short stable reason label)``
 StateHandler = Callable[["UpstreamSession", SessionState, str], None]
+#: ``(client token)`` -> True only when IMKIT positively refuses the token (e.g. ``GET /me`` 401).
+TokenCheck = Callable[[str], Awaitable[bool]]
 
 #: Reason labels passed to the state handler (the pool counts reconnects by them).
 REASONS: tuple[str, ...] = (
@@ -80,17 +86,19 @@ _LIB_LOG = _LibraryLogger(logging.getLogger(__name__ + ".sio"), {})
 class _End:
     """How one connection ended, and what the supervisor does next."""
 
-    kind: Literal["retry", "auth_failed", "token"]
+    kind: Literal["retry", "auth_failed", "token", "check_token"]
     reason: str
 
 
 class _Connection:
     """One attempt: its client, how it ended, and where the ``auth2`` handshake stands."""
 
-    __slots__ = ("sio", "done", "auth_task", "connected", "auth_sent", "live_at", "closing")
+    __slots__ = ("sio", "token", "done", "auth_task", "connected", "auth_sent", "live_at", "closing")
 
-    def __init__(self, sio: socketio.AsyncClient) -> None:
+    def __init__(self, sio: socketio.AsyncClient, token: str) -> None:
         self.sio = sio
+        #: The client token this attempt authenticates with.
+        self.token = token
         self.done: asyncio.Future[_End] = asyncio.get_running_loop().create_future()
         self.auth_task: asyncio.Task[None] | None = None
         #: The namespace is connected (before that, a failure is connect()'s to report).
@@ -142,6 +150,8 @@ class UpstreamSession:
     ``limiter`` (the process-wide connect limiter), ``on_event`` (awaited with each decoded event),
     ``on_state`` (called on every state change with a reason label from :data:`REASONS`),
     ``on_malformed`` (called with the event name of a payload that could not be decoded),
+    ``token_refused`` (asked after a server disconnect that left ``auth2`` unanswered; the session
+    parks only when it answers True, and without it such a disconnect is retried),
     ``client_key`` (IMKIT client key, sent in the ``auth2`` headers), ``encoding`` (``base64``
     sends ``conf``), ``header_style`` (``new``: ``IM-CLIENT-KEY``/``IM-Authorization``; ``old``:
     ``CLIENT_KEY``/``Authorization``), ``auth_timeout`` (seconds to wait for the ``auth2`` ack),
@@ -160,6 +170,7 @@ class UpstreamSession:
         on_event: EventHandler,
         on_state: StateHandler | None = None,
         on_malformed: Callable[[str], None] | None = None,
+        token_refused: TokenCheck | None = None,
         client_key: str | None = None,
         encoding: Literal["base64", "none"] = "base64",
         header_style: Literal["new", "old"] = "new",
@@ -180,6 +191,7 @@ class UpstreamSession:
         self._on_event = on_event
         self._on_state = on_state
         self._on_malformed = on_malformed
+        self._token_refused = token_refused
         self._client_key = client_key
         self._encoding = encoding
         self._header_style = header_style
@@ -235,6 +247,12 @@ class UpstreamSession:
     async def close(self) -> None:
         """Disconnect and stop for good (idempotent); the state ends ``closed``, with no callbacks after."""
         self._closed = True
+        conn = self._conn
+        if conn is not None:
+            # Ends the attempt even if the cancel below is lost: Python 3.11's wait_for (inside
+            # socketio's connect) drops a cancellation that races the connect completing, and the
+            # attempt would then wait on a live socket for ever (and so would this close).
+            conn.finish(_End("retry", "closed"))
         task = self._task
         if task is not None:
             task.cancel()
@@ -258,6 +276,10 @@ class UpstreamSession:
                 end, live_for = _End("retry", "error"), None
             finally:
                 self._end_handshake()
+            if self._closed:
+                return  # close() came meanwhile (its cancel may have been lost: see close)
+            if end.kind == "check_token":
+                end = await self._check_token(end)
             if live_for is not None and live_for >= self._stable_after:
                 attempt = 0
             if end.kind == "token":
@@ -280,6 +302,21 @@ class UpstreamSession:
             else:
                 reason = end.reason
 
+    async def _check_token(self, end: _End) -> _End:
+        """The server hung up on an unanswered ``auth2``: a failed auth, or only a restart?"""
+        token = self._token
+        if self._token_changed:  # a new token came meanwhile: it gets its own try
+            return _End("retry", end.reason)
+        refused = False
+        if self._token_refused is not None:
+            try:
+                refused = await self._token_refused(token)
+            except Exception:  # the check failing says nothing about the token
+                log.exception("upstream session %s: token check failed", self.device_id)
+        if refused and token == self._token:
+            return _End("auth_failed", "auth_failed")
+        return _End("retry", end.reason)
+
     async def _wait_for_token(self, delay: float | None) -> bool:
         """Wait for :meth:`update_token` up to ``delay`` seconds (None: forever); True if it came."""
         if not self._token_changed:
@@ -301,7 +338,7 @@ class UpstreamSession:
             logger=_LIB_LOG,
             engineio_logger=_LIB_LOG,
         )
-        conn = _Connection(sio)
+        conn = _Connection(sio, self._token)
         self._wire(conn)
         self._conn = conn
         self._token_changed = False
@@ -317,6 +354,8 @@ class UpstreamSession:
             except Exception as exc:  # socketio.ConnectionError, TimeoutError, OSError, ...
                 log.debug("upstream session %s: connect failed: %s", self.device_id, type(exc).__name__)
                 conn.finish(_End("retry", "connect_error"))
+            if self._closed:  # close() came while connecting (see close)
+                conn.finish(_End("retry", "closed"))
             end = await conn.done
             live_for = time.monotonic() - conn.live_at if conn.live_at is not None else None
             return end, live_for
@@ -363,7 +402,7 @@ class UpstreamSession:
     async def _authenticate(self, conn: _Connection) -> None:
         sio = conn.sio
         self._set_conn_state(conn, SessionState.AUTHENTICATING, "connected")
-        token = self._token
+        token = conn.token
         try:
             if self._encoding == "base64":
                 await sio.emit("conf", {"encoding": "base64"})  # its ack carries nothing we need
@@ -409,7 +448,7 @@ class UpstreamSession:
         if reason == _TRANSPORT_ERROR:
             conn.finish(_End("retry", "dropped"))
         elif conn.auth_sent and conn.live_at is None:
-            conn.finish(_End("auth_failed", "auth_failed"))
+            conn.finish(_End("check_token", "server_disconnect"))
         else:
             conn.finish(_End("retry", "server_disconnect"))
 
@@ -427,7 +466,8 @@ class UpstreamSession:
 
     async def _dispatch(self, name: str, raw: Any) -> None:
         try:
-            payload = parse_event(name, raw)
+            # Once per packet per process: a room's message reaches every member's session.
+            payload = decode_cache.parse_event(name, raw)
         except Exception as exc:  # DecodeError/ValueError, or anything a hostile payload triggers
             self.malformed_total += 1
             log.warning(

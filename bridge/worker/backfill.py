@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from bridge.decide import dedupe_key
-from bridge.upstream.protocol import Invitation, Message
+from bridge.decide import Gap, Seen, already_handled
+from bridge.upstream.protocol import Invitation, Message, iso_ms
 from bridge.upstream.rest import ImkitRest, RequestRejected
 
 logger = logging.getLogger(__name__)
@@ -159,16 +158,19 @@ def plan_backfill(
     max_age_ms: int,
     room_cap: int,
     pushable: Callable[[Message], bool],
-    seen: Container[str],
+    seen: Seen,
+    gap: Gap | None = None,
 ) -> BackfillPlan:
     """Decide what to push for ``missed`` (pure).
 
     Per room, two versions of one ``_id`` (an edit, a recall) count once, as the newest. A message
-    older than ``now_ms - max_age_ms`` is dropped and counted; one whose ``m:<id>`` is in ``seen``
-    was handled live and is dropped, as is one ``pushable`` rejects. A room with more than
-    ``room_cap`` messages left gets one :class:`RoomSummary` instead of them. Invitations are
-    deduplicated by room, dropped when ``i:<roomId>`` is in ``seen``, and dropped and counted when
-    their timestamp is older than the maximum age (one without a timestamp is kept).
+    older than ``now_ms - max_age_ms`` is dropped and counted; one ``seen`` says was handled
+    (live, or by an earlier backfill; ``gap`` is the gap being filled, see
+    :meth:`bridge.worker.dedupe.SeenMessages.seen`) is dropped, as is one ``pushable`` rejects. A
+    room with more than ``room_cap`` messages left gets one :class:`RoomSummary` instead of them.
+    Invitations are deduplicated by room, dropped when ``seen`` holds the room's invitation, and
+    dropped and counted when their timestamp is older than the maximum age (one without a
+    timestamp is kept).
     """
     if room_cap < 0:
         raise ValueError("room_cap must not be negative")
@@ -182,7 +184,7 @@ def plan_backfill(
             if msg.version_ms < cutoff:
                 skipped_old += 1
                 continue
-            if dedupe_key("chat message", msg) in seen or not pushable(msg):
+            if already_handled("chat message", msg, seen, gap) or not pushable(msg):
                 continue
             kept.append(msg)
         if len(kept) > room_cap:
@@ -205,7 +207,7 @@ def plan_backfill(
         ms = invitation_ms(inv)
         if ms is not None and ms < cutoff:
             skipped_old += 1
-        elif dedupe_key("invitation", inv) not in seen:
+        elif not seen.invited(inv.room.id):
             invitations.append(inv)
     invitations.sort(key=lambda i: (invitation_ms(i) or 0, i.room.id))
     return BackfillPlan(
@@ -222,12 +224,9 @@ def invitation_ms(inv: Invitation) -> int | None:
         return inv.createdTimeMS
     extra = inv.model_extra or {}
     for key in ("updatedAt", "createdAt"):
-        value = extra.get(key)
-        if isinstance(value, str):
-            try:
-                return int(datetime.fromisoformat(value).timestamp() * 1000)
-            except ValueError:
-                continue
+        ms = iso_ms(extra.get(key))
+        if ms is not None:
+            return ms
     return None
 
 

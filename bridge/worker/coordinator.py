@@ -6,6 +6,11 @@ the devices it no longer wins (close the session, then release the lease, so the
 only open its session after ours is closed), and take the leases of the devices it now wins
 (those still held by a dead worker free up when their TTL runs out), opening their sessions.
 
+Opening and closing many sessions (a worker joined or died) can take longer than a lease lives,
+on a busy host: those phases run a few dozen devices at a time, and the heartbeat and the leases
+are renewed every tick while they run, so a slow hand-over never lets this worker's own leases
+lapse (which would make the others take its devices, and the devices flap between workers).
+
 While Redis is unreachable nothing changes hands: open sessions stay open and keep pushing with
 their cached state, and the coordinator tries again every tick. When this worker's own heartbeat
 had lapsed (start-up, a long outage, Redis restarted empty) it renews and hands over at once but
@@ -16,10 +21,11 @@ have not re-joined yet does not make it grab their devices (and make them reconn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Protocol
 
 from bridge.metrics import Metrics
 from bridge.worker.shard import Leases, Membership, rendezvous_owner
@@ -29,6 +35,8 @@ log = logging.getLogger(__name__)
 #: Ticks to wait before taking new leases when this worker's heartbeat had lapsed (start-up,
 #: an outage longer than the TTL, Redis restarted empty): enough for every live worker to beat.
 SETTLE_TICKS = 2
+#: Sessions opened or closed at once within a step.
+PARALLEL = 32
 
 
 class PoolLike(Protocol):
@@ -109,19 +117,8 @@ class ShardCoordinator:
         async with self._lock:
             if self._closed:
                 return
-            if not await self._membership.heartbeat():
-                # We were unseen (start, long outage, Redis restarted empty): the others may not
-                # have re-announced themselves yet, and a partial member list would make us grab
-                # their devices. Renew and hand over now, take new devices only once it settles.
-                self._settle_until = time.monotonic() + SETTLE_TICKS * self._tick
             # Renew first: a failing store (device_ids) must not let our leases lapse.
-            lost = await self._leases.renew()
-            if lost:
-                log.warning(
-                    "%d device leases were taken over by other workers",
-                    len(lost),
-                    extra={"worker": self.worker_id},
-                )
+            await self._keepalive()
             # Lost leases, and any session open without a lease (e.g. the pool opened it itself).
             await self._drop_all(self._pool.owned() - self._leases.held)
 
@@ -217,6 +214,40 @@ class ShardCoordinator:
                 )
             self._report()
 
+    async def _keepalive(self) -> None:
+        """Heartbeat and renew the leases; note the leases lost to other workers."""
+        if not await self._membership.heartbeat():
+            # We were unseen (start, long outage, Redis restarted empty): the others may not
+            # have re-announced themselves yet, and a partial member list would make us grab
+            # their devices. Renew and hand over now, take new devices only once it settles.
+            self._settle_until = time.monotonic() + SETTLE_TICKS * self._tick
+        lost = await self._leases.renew()
+        if lost:
+            log.warning(
+                "%d device leases were taken over by other workers",
+                len(lost),
+                extra={"worker": self.worker_id},
+            )
+
+    async def _kept_alive(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a long phase of a step, keeping the heartbeat and the leases alive every tick."""
+        task = asyncio.ensure_future(work)
+        try:
+            while not task.done():
+                await asyncio.wait([task], timeout=self._tick)
+                if task.done():
+                    break
+                try:
+                    await self._keepalive()
+                except Exception as exc:  # the step's own Redis calls report an outage
+                    log.debug("keepalive during a step failed: %s", type(exc).__name__)
+        except BaseException:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise
+        task.result()
+
     def _wanted(self, device_ids: Iterable[str], members: list[str]) -> set[str]:
         """The devices this worker wins; hashes are cached while the member list is unchanged."""
         previous = self._owners if members == self._owners_members else {}
@@ -227,7 +258,9 @@ class ShardCoordinator:
         return {d for d, owner in owners.items() if owner == self.worker_id}
 
     async def _adopt_all(self, device_ids: Iterable[str]) -> None:
-        for device_id in sorted(device_ids):
+        async def adopt(device_id: str) -> None:
+            if device_id not in self._leases.held:
+                return  # lost meanwhile (a renewal during this phase): not ours to open
             try:
                 await self._pool.adopt(device_id)
             except asyncio.CancelledError:
@@ -238,8 +271,10 @@ class ShardCoordinator:
                     "adopt failed", extra={"worker": self.worker_id, "device_id": device_id}
                 )
 
+        await self._in_parallel(adopt, device_ids)
+
     async def _drop_all(self, device_ids: Iterable[str]) -> None:
-        for device_id in sorted(device_ids):
+        async def drop(device_id: str) -> None:
             try:
                 await self._pool.drop(device_id)
             except asyncio.CancelledError:
@@ -248,6 +283,22 @@ class ShardCoordinator:
                 log.exception(
                     "drop failed", extra={"worker": self.worker_id, "device_id": device_id}
                 )
+
+        await self._in_parallel(drop, device_ids)
+
+    async def _in_parallel(
+        self, each: Callable[[str], Awaitable[None]], device_ids: Iterable[str]
+    ) -> None:
+        """``each`` for every id, :data:`PARALLEL` at a time, renewing our leases meanwhile."""
+        ids = sorted(device_ids)
+        if not ids:
+            return
+
+        async def run_all() -> None:
+            for start in range(0, len(ids), PARALLEL):
+                await asyncio.gather(*(each(d) for d in ids[start : start + PARALLEL]))
+
+        await self._kept_alive(run_all())
 
     def _report(self) -> None:
         if self._metrics is not None:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +23,7 @@ import aiohttp
 from bridge import compose
 from bridge._backoff import Backoff
 from bridge.config import Settings
-from bridge.decide import DeviceView, UserView, apply_mute, decide, dedupe_key, route
+from bridge.decide import DeviceView, Gap, UserView, apply_mute, decide, remember, route
 from bridge.metrics import Metrics
 from bridge.models import ApnsRequest, AppState, Device, Notification, Reason, SessionState
 from bridge.push.dispatcher import Dispatcher
@@ -42,60 +42,15 @@ from bridge.upstream.rest import ImkitRest, InvalidToken, RequestRejected, Upstr
 from bridge.upstream.session import UpstreamSession
 from bridge.upstream.transport import make_http_session
 from bridge.worker.backfill import RoomSummary, fetch_missed, plan_backfill
+from bridge.worker.dedupe import SeenMessages, message_time
+from bridge.worker.history import History, ProviderResult
 
 log = logging.getLogger(__name__)
 
-HISTORY_SIZE = 50
-SEEN_SIZE = 2000
 #: A user's mute list and badge are refetched at (re)connect when older than this.
 USER_REFRESH_MIN_AGE = 5.0
-
-
-class _LruSet:
-    """A bounded set of recently seen event identities (dedupe of edits, recalls, re-sends)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def add(self, key: str) -> None:
-        self._items[key] = None
-        self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def discard(self, key: str) -> None:
-        self._items.pop(key, None)
-
-
-@dataclass(slots=True)
-class EventRecord:
-    """One upstream event as the device saw it, for "why no push?"."""
-
-    at: float
-    event: str
-    id: str | None
-    room: str | None
-    decision: str
-    reason: str
-    source: str = "live"
-    push_ids: list[str] = field(default_factory=list)
-    results: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "at": self.at,
-            "event": self.event,
-            "id": self.id,
-            "room": self.room,
-            "decision": self.decision,
-            "reason": self.reason,
-            "source": self.source,
-            "results": list(self.results),
-        }
+#: Rooms whose last message id is kept per device, as anchors for the backfill.
+MAX_ANCHORS = 64
 
 
 @dataclass(slots=True)
@@ -108,7 +63,8 @@ class UserState:
     badge: int | None = None
     fetched_at: float = 0.0
     room_names: dict[str, str] = field(default_factory=dict)
-    counted: _LruSet = field(default_factory=lambda: _LruSet(SEEN_SIZE))
+    #: Messages already counted in ``badge`` (one unread per message, whichever device pushed it).
+    counted: SeenMessages = field(default_factory=SeenMessages)
 
     def remember_room(self, room_id: str, name: str | None) -> None:
         if name:
@@ -120,10 +76,12 @@ class UserState:
 @dataclass(slots=True)
 class DeviceRuntime:
     device: Device
-    session: UpstreamSession
-    seen: _LruSet = field(default_factory=lambda: _LruSet(SEEN_SIZE))
-    history: deque[EventRecord] = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
-    last_result: dict[str, Any] | None = None
+    #: None while the device has no active registration: nothing could be pushed to it.
+    session: UpstreamSession | None = None
+    #: What the device decided on already (dedupe of edits, recalls, re-sends, invitations).
+    seen: SeenMessages = field(default_factory=SeenMessages)
+    #: The last events with their decisions and provider answers ("why no push?").
+    history: History = field(default_factory=History)
     was_live: bool = False
     #: Newest chat message (version ms, id) this device has decided on, live or backfilled.
     high_water: tuple[int, str] | None = None
@@ -131,25 +89,38 @@ class DeviceRuntime:
     pending: dict[str, int] = field(default_factory=dict)
     #: The checkpoint last written to the store.
     saved_ms: int = 0
-    #: Last message id seen per room: exact anchors for the backfill after a reconnect.
+    #: Last message id seen per room, the :data:`MAX_ANCHORS` most recent rooms: exact anchors for
+    #: the backfill after a reconnect (a room without one is read by time, still correct).
     anchors: OrderedDict[str, str] = field(default_factory=OrderedDict)
     backfilling: bool = False
+    #: No backfill reaches back before this (epoch ms): set when the session starts again after
+    #: the device had no active registration, as what came meanwhile had nowhere to go.
+    floor_ms: int = 0
+    #: Start (epoch ms) of a gap not backfilled yet (IMKIT failed, or the backfill still runs):
+    #: the checkpoint stays at it, so a retry here or the device's next owner still covers it.
+    gap_ms: int | None = None
+    #: Counts the session's connects: a backfill retry of an older one gives way to a newer one.
+    live_gen: int = 0
 
     def note_message(self, msg: Message) -> None:
         if self.high_water is None or msg.version_ms >= self.high_water[0]:
             self.high_water = (msg.version_ms, msg.id)
         self.anchors[msg.room] = msg.id
         self.anchors.move_to_end(msg.room)
-        while len(self.anchors) > 500:
+        while len(self.anchors) > MAX_ANCHORS:
             self.anchors.popitem(last=False)
 
     def safe_checkpoint(self) -> tuple[int, str] | None:
         """Everything at or before this was handled: pushed to a provider, or not to be pushed."""
         if self.high_water is None:
             return None
+        cp = self.high_water
         if self.pending:
-            return (min(self.pending.values()) - 1, self.high_water[1])
-        return self.high_water
+            cp = (min(self.pending.values()) - 1, self.high_water[1])
+        if self.gap_ms is not None and cp[0] > self.gap_ms:
+            # Live events move past a gap whose messages are not pushed yet.
+            cp = (self.gap_ms, cp[1])
+        return cp
 
 
 def result_dict(n: Notification, result: SendResult) -> dict[str, Any]:
@@ -213,6 +184,8 @@ class WorkerPool:
         self._backfill_sem = asyncio.Semaphore(8)
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._intake_stopped = False
+        self._closed = False
         self.running = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -228,10 +201,22 @@ class WorkerPool:
         self.running = True
         log.info("worker pool started", extra={"worker": self.worker_id, "devices": len(self._runtimes)})
 
-    async def close(self, timeout: float = 10.0) -> None:
-        """Stop taking devices and close every session within ``timeout``. Idempotent."""
-        if self._closing:
+    async def stop_intake(self, timeout: float = 10.0) -> None:
+        """First step of a shutdown: read no more upstream events, start no more pushes.
+
+        Cancels the change feed and the ticks, closes every session (within ``timeout``), lets
+        background work already running (a backfill of a reconnect's gap, a badge refresh) finish
+        within ``timeout`` and cancels what is left, but keeps each device's runtime: the answers
+        to pushes still in the dispatcher then land in :meth:`handle_result` and move the
+        checkpoints that :meth:`close` saves. Idempotent.
+
+        A backfill cut short holds its device's checkpoint at the gap's start, so the next start
+        backfills the gap again and re-pushes what this one already pushed live: finishing the
+        short ones here avoids those duplicates on an ordinary restart.
+        """
+        if self._intake_stopped:
             return
+        self._intake_stopped = True
         self._closing = True
         self.running = False
         for task in self._tasks:
@@ -239,16 +224,34 @@ class WorkerPool:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        with contextlib.suppress(Exception):
-            await self.flush_checkpoints()
-        runtimes = list(self._runtimes.values())
-        self._runtimes.clear()
-        if runtimes:
-            closing = asyncio.gather(*(rt.session.close() for rt in runtimes), return_exceptions=True)
+        deadline = asyncio.get_running_loop().time() + timeout
+        sessions = [rt.session for rt in self._runtimes.values() if rt.session]
+        if sessions:
+            closing = asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(closing, timeout)
-        for task in list(self._background):
-            task.cancel()
+        background = list(self._background)
+        if background:
+            left = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, pending = await asyncio.wait(background, timeout=left)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop (see :meth:`stop_intake`), save every checkpoint and forget the devices. Idempotent.
+
+        Call it after the dispatcher has drained, so the checkpoints include the last answers.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        await self.stop_intake(timeout)
+        with contextlib.suppress(Exception):
+            await self.flush_checkpoints()
+        self._runtimes.clear()
         if self._own_http and self._http is not None:
             await self._http.close()
         log.info("worker pool closed", extra={"worker": self.worker_id})
@@ -264,7 +267,9 @@ class WorkerPool:
 
     def session_state(self, device_id: str) -> SessionState | None:
         rt = self._runtimes.get(device_id)
-        return rt.session.state if rt else None
+        if rt is None:
+            return None
+        return rt.session.state if rt.session else SessionState.CLOSED
 
     def user_state(self, client_id: str) -> UserState | None:
         """What this worker currently knows about a user (mute list, switch, badge)."""
@@ -276,9 +281,11 @@ class WorkerPool:
         if rt is None:
             return None
         return {
-            "session": rt.session.state.value,
-            "events": [r.as_dict() for r in reversed(rt.history)],
-            "lastProviderResult": rt.last_result,
+            # Whose history this is: readers drop a status of a previous owner (issue 11).
+            "clientId": rt.device.client_id,
+            "session": (rt.session.state if rt.session else SessionState.CLOSED).value,
+            "events": rt.history.as_dicts(),
+            "lastProviderResult": rt.history.last_result,
         }
 
     # ---------------------------------------------------------------- store sync
@@ -302,7 +309,9 @@ class WorkerPool:
         for device_id in missing - self._runtimes.keys():
             await self._apply_upsert(device_id)
         for device_id in set(self._runtimes) - wanted:
-            await self._remove(device_id)
+            # Re-read under the device's lock: a device registered since the id list was read is
+            # not in it, yet must keep its session. _load removes only what the store has not.
+            await self._load(device_id)
 
     async def _open_in_bulk(self, device_ids: set[str]) -> None:
         """Open many sessions from pages of the store, not one read per device (start-up)."""
@@ -407,6 +416,16 @@ class WorkerPool:
         self._count_platforms(old, -1)
         rt.device = device
         self._count_platforms(device, +1)
+        if not device.active_registrations:
+            # Every push token is dead or gone: following IMKIT would push nowhere.
+            await self._stop_session(rt)
+            return
+        if rt.session is None:
+            # A working token again: follow IMKIT from now on.
+            rt.floor_ms = int(time.time() * 1000)
+            rt.anchors.clear()
+            self._start_session(rt)
+            return
         if (
             device.token_version != old.token_version
             or device.client_token != old.client_token
@@ -432,10 +451,21 @@ class WorkerPool:
         return set(self._runtimes)
 
     def _open(self, device: Device) -> None:
-        rt_box: list[DeviceRuntime] = []
+        """Take the device on; its session starts only once it has an active registration."""
+        rt = DeviceRuntime(device=device)
+        self._runtimes[device.device_id] = rt
+        self._users.setdefault(device.client_id, UserState(device.client_id))
+        self._user_devices.setdefault(device.client_id, set()).add(device.device_id)
+        self._count_platforms(device, +1)
+        self._metrics.worker_devices.labels(self.worker_id).set(len(self._runtimes))
+        if device.active_registrations:
+            self._start_session(rt)
+
+    def _start_session(self, rt: DeviceRuntime) -> None:
+        device = rt.device
 
         async def on_event(name: str, payload: Any) -> None:
-            await self._on_event(rt_box[0], name, payload)
+            await self._on_event(rt, name, payload)
 
         s = self._settings
         session = UpstreamSession(
@@ -447,22 +477,37 @@ class WorkerPool:
             on_event=on_event,
             on_state=self._on_state,
             on_malformed=self._on_malformed,
+            token_refused=self._token_refused,
             client_key=s.imkit_client_key.get_secret_value() if s.imkit_client_key else None,
             encoding=s.imkit_encoding,
             auth_timeout=s.imkit_auth_timeout,
             connect_timeout=s.imkit_connect_timeout,
             backoff=Backoff(s.backoff_base, s.backoff_cap),
         )
-        rt = DeviceRuntime(device=device, session=session)
-        rt_box.append(rt)
-        self._runtimes[device.device_id] = rt
-        self._users.setdefault(device.client_id, UserState(device.client_id))
-        self._user_devices.setdefault(device.client_id, set()).add(device.device_id)
+        rt.session = session
         self._session_states[session] = session.state
         self._set_state_count(session.state, +1)
-        self._count_platforms(device, +1)
-        self._metrics.worker_devices.labels(self.worker_id).set(len(self._runtimes))
         session.start()
+
+    async def _stop_session(self, rt: DeviceRuntime) -> None:
+        session, rt.session = rt.session, None
+        if session is None:
+            return
+        await session.close()
+        prev = self._session_states.pop(session, None)
+        if prev is not None:
+            self._set_state_count(prev, -1)
+
+    async def _token_refused(self, token: str) -> bool:
+        """Does IMKIT refuse this client token? Only a 401 from ``GET /me`` says so."""
+        try:
+            async with self._refresh_sem:
+                await self._rest.me(token)
+        except InvalidToken:
+            return True
+        except (UpstreamUnavailable, RequestRejected):
+            return False
+        return False
 
     async def _remove(self, device_id: str) -> None:
         async with self._device_lock(device_id):
@@ -480,10 +525,7 @@ class WorkerPool:
                 self._users.pop(rt.device.client_id, None)
         self._count_platforms(rt.device, -1)
         self._metrics.worker_devices.labels(self.worker_id).set(len(self._runtimes))
-        await rt.session.close()
-        prev = self._session_states.pop(rt.session, None)
-        if prev is not None:
-            self._set_state_count(prev, -1)
+        await self._stop_session(rt)
 
     def _count_platforms(self, device: Device, sign: int) -> None:
         for reg in device.active_registrations:
@@ -516,21 +558,55 @@ class WorkerPool:
         rt = self._runtimes.get(session.device_id)
         if state is SessionState.LIVE and rt is not None and rt.session is session:
             since, anchors = self._gap_start(rt)
+            if rt.gap_ms is not None and rt.gap_ms < since:
+                # An earlier gap is not backfilled yet: reach back to it (by time: the anchors
+                # are past it).
+                since, anchors = rt.gap_ms, {}
+            rt.gap_ms = since
+            rt.live_gen += 1
             rt.was_live = True
-            self._spawn(self._after_live(rt, since, anchors))
+            live_ms = int(time.time() * 1000)
+            self._spawn(self._after_live(rt, since, anchors, rt.live_gen, live_ms))
 
-    async def _after_live(self, rt: DeviceRuntime, since: int, anchors: dict[str, str]) -> None:
-        """On every (re)connect: refresh the user's mute list and badge, then catch up on the gap."""
-        await self._refresh_user(rt.device.client_id, min_age=USER_REFRESH_MIN_AGE)
-        await self._backfill(rt, since, anchors)
+    async def _after_live(
+        self, rt: DeviceRuntime, since: int, anchors: dict[str, str], gen: int, live_ms: int | None = None
+    ) -> None:
+        """On every (re)connect: refresh the user's mute list and badge, then catch up on the gap.
+
+        A backfill IMKIT could not serve is tried again with backoff (the checkpoint waits at the
+        gap meanwhile) until it succeeds, a newer connect takes over, or the device leaves.
+        """
+        try:
+            await self._refresh_user(rt.device.client_id, min_age=USER_REFRESH_MIN_AGE)
+        except Exception:  # stale mutes are better than a gap never backfilled
+            log.exception("user refresh failed", extra={"device_id": rt.device.device_id})
+        backoff = Backoff(self._settings.backoff_base, self._settings.backoff_cap)
+        attempt = 0
+        while True:
+            try:
+                done = await self._backfill(rt, since, anchors, live_ms)
+            except Exception:  # a bug: retrying would fail the same way
+                log.exception("backfill failed", extra={"device_id": rt.device.device_id})
+                done = True
+            if rt.live_gen != gen or self._runtimes.get(rt.device.device_id) is not rt:
+                return  # a newer connect (with this gap in it) or the next owner carries on
+            if done:
+                rt.gap_ms = None
+                return
+            if self._intake_stopped:
+                return  # shutting down: the held checkpoint hands the gap to the next start
+            await asyncio.sleep(backoff.delay(attempt))
+            attempt += 1
 
     def _gap_start(self, rt: DeviceRuntime) -> tuple[int, dict[str, str]]:
         """Where the gap before this connect began, taken before any new live event moves it."""
         if rt.was_live and rt.high_water is not None:
-            return rt.high_water[0], dict(rt.anchors)  # a reconnect: up to here we saw live
+            # A reconnect: up to here we saw live.
+            return max(rt.high_water[0], rt.floor_ms), dict(rt.anchors)
         saved = rt.device.checkpoint_ms
         # A new session (start-up, hand-over): from the stored checkpoint, no anchors.
-        return (saved if saved is not None else int(rt.device.created_at * 1000)), {}
+        since = saved if saved is not None else int(rt.device.created_at * 1000)
+        return max(since, rt.floor_ms), {}
 
     def _set_state_count(self, state: SessionState, delta: int) -> None:
         n = max(0, self._state_counts[state] + delta)
@@ -540,21 +616,25 @@ class WorkerPool:
     def _on_malformed(self, event: str) -> None:
         self._metrics.upstream_malformed.labels(event).inc()
 
-    async def _on_event(self, rt: DeviceRuntime, name: str, payload: Any, source: str = "live") -> None:
+    async def _on_event(
+        self, rt: DeviceRuntime, name: str, payload: Any, source: str = "live", gap: Gap | None = None
+    ) -> None:
+        """Decide one event for the device, record it, push it. ``gap``: a backfilled event's gap."""
         received_at = time.monotonic()
         if source == "live":
             self._metrics.upstream_events.labels(name).inc()
         device = rt.device
         user = self._users.setdefault(device.client_id, UserState(device.client_id))
         if isinstance(payload, RoomPref):
-            user.muted = apply_mute(user.muted, payload.room, payload.muted)
+            # IMKIT documents roomPref's ``muted`` as not used yet (it sends false): applying it
+            # would un-mute a muted room whenever a tag changes. The event still says the user
+            # changed a room preference, so reread the mute list from GET /me, before the next event.
+            await self._refresh_mutes(rt, user)
         elif isinstance(payload, RoomEvent):
             user.muted = apply_mute(user.muted, payload.room.id, payload.room.muted)
             user.remember_room(payload.room.id, payload.room.name)
         elif isinstance(payload, Invitation):
             user.remember_room(payload.room.id, payload.room.name)
-        elif isinstance(payload, CancelInvitation):
-            rt.seen.discard(f"i:{payload.room}")
         elif isinstance(payload, LastRead):
             if payload.memberID == device.client_id:
                 self._spawn(self._read_elsewhere(rt))
@@ -568,42 +648,43 @@ class WorkerPool:
             ),
             seen=rt.seen,
             system_messages=self._settings.system_messages,
+            gap=gap,
         )
         if name in ("chat message", "invitation", "cancelInvitation", "lastRead", "roomPref", "room"):
             self._metrics.decisions.labels(decision.outcome, decision.reason.value).inc()
-        key = dedupe_key(name, payload)
-        if key is not None:
-            rt.seen.add(key)
-        record = EventRecord(
-            at=now,
-            event=name,
-            id=payload.id if isinstance(payload, Message) else None,
-            room=_room_of(payload),
-            decision="pushed" if decision.push else "suppressed",
+        remember(name, payload, rt.seen, gap)
+        ticket = rt.history.add(
+            now,
+            name,
+            payload.id if isinstance(payload, Message) else None,
+            _room_of(payload),
+            pushed=decision.push,
             reason=decision.reason.value,
+            source=source,
         )
-        record.source = source
         if isinstance(payload, Message):
             rt.note_message(payload)
-        rt.history.append(record)
         self._status_dirty.add(device.device_id)
         if decision.push and isinstance(payload, Message | Invitation):
-            await self._push(rt, user, payload, record, received_at)
+            await self._push(rt, user, payload, ticket, received_at, gap)
 
     async def _push(
         self,
         rt: DeviceRuntime,
         user: UserState,
         payload: Message | Invitation,
-        record: EventRecord,
+        ticket: int,
         received_at: float,
+        gap: Gap | None = None,
     ) -> None:
         device = rt.device
         now = time.time()
-        if isinstance(payload, Message) and user.badge is not None and payload.id not in user.counted:
+        if isinstance(payload, Message) and user.badge is not None:
             # One unread per message for the user, however many of their devices push it.
-            user.counted.add(payload.id)
-            user.badge += 1
+            at_ms = message_time(payload)
+            if not user.counted.seen(payload.room, payload.id, at_ms, gap=gap):
+                user.counted.add(payload.room, payload.id, at_ms, gap=gap)
+                user.badge += 1
         kind = "message" if isinstance(payload, Message) else "invitation"
         mtype = payload.messageType if isinstance(payload, Message) else None
         regs = {r.type: r for r in device.active_registrations}
@@ -624,36 +705,53 @@ class WorkerPool:
                     req = compose.compose_invitation(payload, target, now=now)
             except compose.ComposeError as exc:
                 log.warning("notification cannot be composed", extra={"device_id": device.device_id, "error": str(exc)})
-                record.results.append({"type": reg.type, "outcome": "failed", "reason": "compose_error"})
+                rt.history.add_result(ticket, ProviderResult.local(reg.type, "failed", "compose_error"))
                 continue
             n = notification_for(device.device_id, reg.type, reg.token, kind, ident, req, received_at)
-            record.push_ids.append(n.push_id)
+            rt.history.add_push(ticket, n.push_id)
             if isinstance(payload, Message):
                 rt.pending[n.push_id] = payload.version_ms
             if not await self._dispatcher.submit(n):
                 rt.pending.pop(n.push_id, None)
-                record.results.append({"type": reg.type, "outcome": "duplicate"})
+                rt.history.add_result(ticket, ProviderResult.local(reg.type, "duplicate"))
 
-    async def _backfill(self, rt: DeviceRuntime, since_ms: int, anchors: dict[str, str]) -> None:
-        """Fetch what the device missed since ``since_ms`` and push it like live events."""
+    async def _backfill(
+        self, rt: DeviceRuntime, since_ms: int, anchors: dict[str, str], live_ms: int | None = None
+    ) -> bool:
+        """Fetch what the device missed since ``since_ms`` and push it like live events.
+
+        ``live_ms`` is when the session went live again (now if not given): messages from between
+        are new unless the device's recent window holds them, however far live traffic moved on.
+
+        False if it has to be tried again: IMKIT was unavailable, or another backfill of this
+        device was running (it may have fetched before this gap began).
+        """
         device = rt.device
         settings = self._settings
         now = time.time()
-        if rt.backfilling or device.effective_state(now) is AppState.FOREGROUND or not device.active_registrations:
-            log.debug("no backfill", extra={"device_id": device.device_id, "busy": rt.backfilling})
-            return
+        if rt.backfilling:
+            log.debug("backfill busy", extra={"device_id": device.device_id})
+            return False
+        if device.effective_state(now) is AppState.FOREGROUND or not device.active_registrations:
+            log.debug("no backfill", extra={"device_id": device.device_id})
+            return True
         now_ms = int(now * 1000)
         max_age_ms = int(settings.backfill_max_age * 1000)
         since_ms = max(since_ms, now_ms - max_age_ms)
+        gap: Gap = (since_ms, now_ms if live_ms is None else live_ms)
         user = self._users.setdefault(device.client_id, UserState(device.client_id))
         rt.backfilling = True
         try:
             async with self._backfill_sem:
                 missed = await fetch_missed(self._rest, device.client_token, since_ms=since_ms, anchors=anchors)
-        except (InvalidToken, UpstreamUnavailable, RequestRejected) as exc:
-            log.info("backfill skipped", extra={"device_id": device.device_id, "error": type(exc).__name__})
+        except UpstreamUnavailable as exc:
+            log.info("backfill failed; will retry", extra={"device_id": device.device_id, "error": _rest_error(exc)})
             rt.backfilling = False
-            return
+            return False
+        except (InvalidToken, RequestRejected) as exc:
+            log.info("backfill skipped", extra={"device_id": device.device_id, "error": _rest_error(exc)})
+            rt.backfilling = False
+            return True
         try:
             if missed.malformed:
                 self._metrics.upstream_malformed.labels("backfill").inc(missed.malformed)
@@ -663,9 +761,9 @@ class WorkerPool:
             background = DeviceView(AppState.BACKGROUND, has_active_token=True)
 
             def pushable(m: Message) -> bool:
-                return decide("chat message", m, user=view, device=background, seen=rt.seen, system_messages=settings.system_messages).push
+                return decide("chat message", m, user=view, device=background, seen=rt.seen, system_messages=settings.system_messages, gap=gap).push
 
-            plan = plan_backfill(missed, now_ms=now_ms, max_age_ms=max_age_ms, room_cap=settings.backfill_room_cap, pushable=pushable, seen=rt.seen)
+            plan = plan_backfill(missed, now_ms=now_ms, max_age_ms=max_age_ms, room_cap=settings.backfill_room_cap, pushable=pushable, seen=rt.seen, gap=gap)
             log.debug(
                 "backfill plan",
                 extra={
@@ -677,9 +775,9 @@ class WorkerPool:
                 },
             )
             for msg in plan.messages:
-                await self._on_event(rt, "chat message", msg, source="backfill")
+                await self._on_event(rt, "chat message", msg, source="backfill", gap=gap)
             for inv in plan.invitations:
-                await self._on_event(rt, "invitation", inv, source="backfill")
+                await self._on_event(rt, "invitation", inv, source="backfill", gap=gap)
             for summary in plan.summaries:
                 await self._push_summary(rt, user, summary)
             for msgs in missed.rooms.values():
@@ -692,16 +790,17 @@ class WorkerPool:
                 )
         finally:
             rt.backfilling = False
+        return True
 
     async def _push_summary(self, rt: DeviceRuntime, user: UserState, summary: RoomSummary) -> None:
         device = rt.device
         now = time.time()
-        record = EventRecord(
-            at=now, event="summary", id=summary.newest.id, room=summary.room_id, decision="pushed",
+        ticket = rt.history.add(
+            now, "summary", summary.newest.id, summary.room_id, pushed=True,
             reason=Reason.PUSHED.value, source="backfill",
         )
-        rt.history.append(record)
-        rt.seen.add(f"m:{summary.newest.id}")
+        newest = summary.newest
+        rt.seen.add(newest.room, newest.id, message_time(newest))
         rt.note_message(summary.newest)
         regs = {r.type: r for r in device.active_registrations}
         for push_type in route("summary", None, regs):
@@ -710,7 +809,7 @@ class WorkerPool:
             req = compose.compose_summary(summary.room_id, summary.count, target, now=now, room_name=summary.room_name or user.room_names.get(summary.room_id))
             ident = f"{summary.room_id}:{summary.newest.id}"
             n = notification_for(device.device_id, reg.type, reg.token, "summary", ident, req, time.monotonic())
-            record.push_ids.append(n.push_id)
+            rt.history.add_push(ticket, n.push_id)
             rt.pending[n.push_id] = summary.newest.version_ms
             if not await self._dispatcher.submit(n):
                 rt.pending.pop(n.push_id, None)
@@ -721,7 +820,7 @@ class WorkerPool:
         user = self._users.setdefault(device.client_id, UserState(device.client_id))
         try:
             badge = await self._rest.badge(device.client_token)
-        except (InvalidToken, UpstreamUnavailable) as exc:
+        except (InvalidToken, UpstreamUnavailable, RequestRejected) as exc:
             log.info("badge refresh failed", extra={"device_id": device.device_id, "error": type(exc).__name__})
             return
         user.badge = badge
@@ -750,14 +849,28 @@ class WorkerPool:
         async with self._refresh_sem:
             try:
                 me = await self._rest.me(token)
-                badge = await self._rest.badge(token)
-            except (InvalidToken, UpstreamUnavailable) as exc:
-                log.info("user refresh failed", extra={"client_id": client_id, "error": type(exc).__name__})
+            except (InvalidToken, UpstreamUnavailable, RequestRejected) as exc:
+                log.info("user refresh failed", extra={"client_id": client_id, "error": _rest_error(exc)})
                 return
+            user.muted = frozenset(me.mute)
+            user.notifications_enabled = me.notification_enabled
+            try:
+                user.badge = await self._rest.badge(token)
+            except (InvalidToken, UpstreamUnavailable, RequestRejected) as exc:
+                # The mute list is fresh; pushes go on with the badge we had (or none).
+                log.info("badge refresh failed", extra={"client_id": client_id, "error": _rest_error(exc)})
+        user.fetched_at = time.monotonic()
+
+    async def _refresh_mutes(self, rt: DeviceRuntime, user: UserState) -> None:
+        """Reread the user's mute list and notification switch from ``GET /me`` now."""
+        try:
+            async with self._refresh_sem:
+                me = await self._rest.me(rt.device.client_token)
+        except (InvalidToken, UpstreamUnavailable, RequestRejected) as exc:
+            log.info("mute refresh failed", extra={"device_id": rt.device.device_id, "error": _rest_error(exc)})
+            return
         user.muted = frozenset(me.mute)
         user.notifications_enabled = me.notification_enabled
-        user.badge = badge
-        user.fetched_at = time.monotonic()
 
     # ---------------------------------------------------------------- dispatcher callbacks
 
@@ -767,16 +880,11 @@ class WorkerPool:
         rt = self._runtimes.get(n.device_id)
         if rt is None:
             return
-        info = result_dict(n, result)
-        info["latency"] = round(latency, 4)
-        rt.last_result = info
+        answer = ProviderResult.of(n.push_type, n.provider, result, at=time.time(), latency=latency)
+        rt.history.record_result(n.push_id, answer)
         if not isinstance(result, Retry):
             rt.pending.pop(n.push_id, None)
         self._status_dirty.add(n.device_id)
-        for record in reversed(rt.history):
-            if n.push_id in record.push_ids:
-                record.results.append(info)
-                break
 
     async def flush_checkpoints(self) -> None:
         """Persist each device's safe checkpoint when it moved (called every second and at close)."""
@@ -805,21 +913,36 @@ class WorkerPool:
         rt.saved_ms = cp[0]
         return True
 
-    async def handle_token_invalid(self, n: Notification, reason: str) -> None:
-        """A provider said the token is dead: disable that registration in the store."""
-        log.info(
-            "push token invalid; registration disabled",
-            extra={"device_id": n.device_id, "push_type": n.push_type, "reason": reason},
-        )
+    async def handle_token_invalid(self, n: Notification, result: TokenInvalid) -> None:
+        """A provider said the token is dead: disable that registration, if it still holds it.
+
+        The store compares the token (and APNs' "invalid since" time): an answer about an old
+        token, arriving after the app registered a new one, changes nothing.
+        """
+        ctx = {"device_id": n.device_id, "push_type": n.push_type, "reason": result.reason}
         try:
-            await self._store.disable_registration(n.device_id, n.push_type, reason)
+            disabled = await self._store.disable_registration(
+                n.device_id, n.push_type, n.token, result.reason, since=result.since
+            )
         except StoreUnavailable as exc:
             log.warning("could not disable registration", extra={"device_id": n.device_id, "error": str(exc)})
+            return
+        if disabled:
+            log.info("push token invalid; registration disabled", extra=ctx)
+        else:
+            log.info("push token invalid; registration unchanged (already disabled, or re-registered since)", extra=ctx)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _rest_error(exc: Exception) -> str:
+    """A REST failure for the log: its class, and the HTTP status of a refusal (never a token)."""
+    if isinstance(exc, RequestRejected):
+        return f"RequestRejected({exc.status})"
+    return type(exc).__name__
 
 
 def _room_of(payload: Any) -> str | None:
@@ -858,4 +981,4 @@ def notification_for(
     )
 
 
-__all__ = ["WorkerPool", "EventRecord", "Reason"]
+__all__ = ["WorkerPool", "Reason"]

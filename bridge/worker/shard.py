@@ -2,11 +2,14 @@
 
 - :func:`rendezvous_owner`: which live worker a device belongs to (highest-random-weight hashing,
   so adding or removing a worker moves only the devices that must move).
-- :class:`Membership`: a worker announces itself with an expiring heartbeat key.
+- :class:`Membership`: a worker announces itself with an expiring heartbeat key, listed in a set
+  of known workers (so finding the live ones costs one call, not a scan of the whole keyspace).
 - :class:`Leases`: a worker opens a device's session only while it holds the device's lease, a key
   whose value is the worker id and which expires unless renewed.
 - :class:`RedisClaims`: per-push "send at most once" keys (:class:`bridge.push.claims.Claims`), so
-  two workers that briefly overlap during a hand-over still send each push once.
+  two workers that briefly overlap during a hand-over still send each push once. A claim names the
+  worker process that took it; one whose process died before starting the send can be taken over,
+  so a SIGKILLed worker's queued pushes are sent by the device's next owner instead of being lost.
 
 Every method lets redis' ``ConnectionError``/``TimeoutError`` reach the caller: the coordinator
 decides what an outage means.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -27,18 +31,20 @@ log = logging.getLogger(__name__)
 
 #: Prefix of every key this module writes.
 KEY_PREFIX = "pb:"
-#: ``pb:worker:<workerId>`` → JSON ``{id, started, ts}``, expires unless the worker heartbeats.
+#: ``pb:worker:<workerId>`` → JSON ``{id, instance, started, ts}``, expires unless the worker
+#: heartbeats.
 WORKER_PREFIX = KEY_PREFIX + "worker:"
+#: A set of the worker ids that have announced themselves (pruned of the lapsed ones on read).
+WORKERS_KEY = KEY_PREFIX + "workers"
 #: ``pb:lease:<deviceId>`` → the holding worker's id, expires unless renewed.
 LEASE_PREFIX = KEY_PREFIX + "lease:"
-#: ``pb:claim:<pushId>`` → "1", a push that has been (or is being) sent.
+#: ``pb:claim:<pushId>`` → ``c:<holder>`` (claimed, not sent yet) or ``s:<holder>`` (its send has
+#: started), where the holder is ``<workerId> <instance>``.
 CLAIM_PREFIX = KEY_PREFIX + "claim:"
 
 #: Keys per pipeline or script call: big enough to amortise round trips, small enough not to
 #: block Redis (a single-threaded server) for long.
 BATCH = 1000
-#: SCAN page size hint for the member listing.
-SCAN_COUNT = 1000
 
 # KEYS: lease keys; ARGV[1]: worker id, ARGV[2]: ttl in ms. Per key: 1 if the lease is ours after
 # the call (newly taken, or already ours and extended), 0 if another worker holds it.
@@ -88,6 +94,84 @@ end
 return n
 """
 
+# KEYS[1]: this worker's heartbeat key, KEYS[2]: the set of workers; ARGV[1]: the heartbeat value,
+# ARGV[2]: ttl in ms, ARGV[3]: worker id. Returns 1 if the previous heartbeat was still there.
+_HEARTBEAT = """
+local previous = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+if previous then return 1 end
+return 0
+"""
+
+# KEYS[1]: the set of workers; ARGV[1]: the heartbeat key prefix. Returns the ids whose heartbeat
+# key is alive and removes the others from the set. (It reads keys it is not given, as the lease
+# scripts' callers never run on Redis Cluster either: one Redis, or a primary with replicas.)
+_MEMBERS = """
+local live = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. id) == 1 then
+    live[#live + 1] = id
+  else
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+return live
+"""
+
+# Is the process named in a claim value (``c:<workerId> <instance>``) alive? Its worker's heartbeat
+# must exist and carry the same instance: a worker restarted under the same id (a StatefulSet pod)
+# is a new instance, and the dead one's claims are free.
+_HOLDER_ALIVE = """
+local function holder_alive(value, heartbeat_prefix)
+  local holder = string.sub(value, 3)
+  local space = string.find(holder, ' ', 1, true)
+  if not space then return true end
+  local beat = redis.call('GET', heartbeat_prefix .. string.sub(holder, 1, space - 1))
+  if not beat then return false end
+  local ok, info = pcall(cjson.decode, beat)
+  return (not ok) or type(info) ~= 'table' or info['instance'] == string.sub(holder, space + 1)
+end
+"""
+
+# KEYS[1]: the claim; ARGV[1]: our holder, ARGV[2]: ttl in ms, ARGV[3]: heartbeat key prefix.
+# 1 if the claim is ours now: it was free, or claimed by a process that died before sending it.
+_CLAIM = _HOLDER_ALIVE + """
+local v = redis.call('GET', KEYS[1])
+if v then
+  if string.sub(v, 1, 2) ~= 'c:' or v == 'c:' .. ARGV[1] or holder_alive(v, ARGV[3]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], 'c:' .. ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS[1]: the claim; ARGV[1]: our holder, ARGV[2]: ttl in ms. Marks our claim as being sent; 1 if
+# we may send: the claim is ours, or gone (expired, Redis restarted empty: nobody else has it).
+_SENDING = """
+local v = redis.call('GET', KEYS[1])
+if v == 's:' .. ARGV[1] then return 1 end
+if v == 'c:' .. ARGV[1] then
+  redis.call('SET', KEYS[1], 's:' .. ARGV[1], 'KEEPTTL')
+  return 1
+end
+if not v then
+  redis.call('SET', KEYS[1], 's:' .. ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1]: the claim; ARGV[1]: our holder. Deletes the claim only while it is ours.
+_RELEASE_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if v == 'c:' .. ARGV[1] or v == 's:' .. ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 
 def rendezvous_owner(device_id: str, members: Sequence[str]) -> str | None:
     """The member that wins ``device_id`` by highest-random-weight hashing; None if no members.
@@ -122,17 +206,28 @@ def _chunks(items: Sequence[str], size: int = BATCH) -> Iterator[Sequence[str]]:
 
 
 class Membership:
-    """This worker's heartbeat key, and the list of live workers."""
+    """This worker's heartbeat key, and the list of live workers.
 
-    def __init__(self, redis: Redis, worker_id: str, *, ttl: float = 15.0) -> None:
-        if not worker_id:
-            raise ValueError("worker_id must not be empty")
+    ``instance`` tells this process apart from an earlier one with the same worker id (a pod
+    restarted under its name): the claims of a dead instance are free even while a new one beats.
+    """
+
+    def __init__(
+        self, redis: Redis, worker_id: str, *, ttl: float = 15.0, instance: str | None = None
+    ) -> None:
+        if not worker_id or " " in worker_id:
+            raise ValueError("worker_id must be non-empty and without spaces")
         self._redis = redis
         self.worker_id = worker_id
+        self.instance = instance or secrets.token_hex(8)
         self.ttl = ttl
         self._ttl_ms = _ms(ttl)
         self._key = WORKER_PREFIX + worker_id
         self._started = time.time()
+        #: ``time.monotonic()`` of the last heartbeat Redis acknowledged (None before the first).
+        self.last_beat: float | None = None
+        self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._members = redis.register_script(_MEMBERS)
 
     def __repr__(self) -> str:
         return f"Membership(worker_id={self.worker_id!r}, ttl={self.ttl})"
@@ -144,21 +239,31 @@ class Membership:
         after a gap longer than ``ttl`` or a Redis restart that lost its data, i.e. whenever
         other workers may not have seen this one, or may not have re-announced themselves yet.
         """
-        value = json.dumps({"id": self.worker_id, "started": self._started, "ts": time.time()})
-        previous = await self._redis.set(self._key, value, px=self._ttl_ms, get=True)
-        return previous is not None
+        value = json.dumps(
+            {"id": self.worker_id, "instance": self.instance, "started": self._started, "ts": time.time()}
+        )
+        started = time.monotonic()
+        previous = await self._heartbeat(
+            keys=[self._key, WORKERS_KEY], args=[value, self._ttl_ms, self.worker_id]
+        )
+        self.last_beat = started
+        return bool(int(previous))
 
     async def members(self) -> list[str]:
-        """Ids of the live workers (those whose heartbeat key has not expired), sorted."""
-        found: set[str] = set()
-        # SCAN may return a key twice; the set takes care of it.
-        async for key in self._redis.scan_iter(match=WORKER_PREFIX + "*", count=SCAN_COUNT):
-            found.add(_text(key)[len(WORKER_PREFIX) :])
-        return sorted(found)
+        """Ids of the live workers (those whose heartbeat key has not expired), sorted.
+
+        One call whatever the size of the keyspace (a SCAN for ``pb:worker:*`` would walk every
+        device, lease and claim key, every tick).
+        """
+        ids = await self._members(keys=[WORKERS_KEY], args=[WORKER_PREFIX])
+        return sorted({_text(i) for i in ids})
 
     async def leave(self) -> None:
         """Delete this worker's heartbeat key (graceful shutdown), so others take over at once."""
-        await self._redis.delete(self._key)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self._key)
+            pipe.srem(WORKERS_KEY, self.worker_id)
+            await pipe.execute()
 
 
 class Leases:
@@ -235,20 +340,50 @@ class Leases:
 
 
 class RedisClaims:
-    """:class:`bridge.push.claims.Claims` in Redis, shared by every worker: ``SET NX PX``."""
+    """:class:`bridge.push.claims.Claims` in Redis, shared by every worker.
 
-    def __init__(self, redis: Redis, *, prefix: str = CLAIM_PREFIX) -> None:
+    A claim records which worker process holds it (``c:<workerId> <instance>``) until the send
+    starts (``s:...``). The claim of a process that is gone (no heartbeat, or a heartbeat of
+    another instance) and had not started the send can be taken by the next owner of the device:
+    without that, a worker SIGKILLed between queueing a push and sending it would leave a claim
+    that makes the next owner's backfill drop the push for a day. ``sending`` is also the fence
+    for the opposite case: a worker presumed dead (its heartbeat lapsed) whose claim was taken
+    over finds out before it sends, and leaves the push to the new holder.
+    """
+
+    def __init__(self, redis: Redis, membership: Membership, *, prefix: str = CLAIM_PREFIX) -> None:
         self._redis = redis
+        self._membership = membership
         self._prefix = prefix
+        self.holder = f"{membership.worker_id} {membership.instance}"
+        self._claim = redis.register_script(_CLAIM)
+        self._sending = redis.register_script(_SENDING)
+        self._release = redis.register_script(_RELEASE_CLAIM)
 
     def __repr__(self) -> str:
-        return f"RedisClaims(prefix={self._prefix!r})"
+        return f"RedisClaims(holder={self.holder!r}, prefix={self._prefix!r})"
 
     async def claim(self, push_id: str, ttl: float) -> bool:
-        """True the first time ``push_id`` is claimed within ``ttl`` seconds (by any worker)."""
-        ok = await self._redis.set(self._prefix + push_id, "1", nx=True, px=_ms(ttl))
-        return bool(ok)
+        """True if ``push_id`` is ours now: unclaimed, or claimed by a dead worker before its send."""
+        ok = await self._claim(
+            keys=[self._prefix + push_id], args=[self.holder, _ms(ttl), WORKER_PREFIX]
+        )
+        return bool(int(ok))
+
+    async def sending(self, push_id: str, ttl: float) -> bool:
+        """Mark our claim as being sent; False if another worker holds it now (do not send)."""
+        ok = await self._sending(keys=[self._prefix + push_id], args=[self.holder, _ms(ttl)])
+        return bool(int(ok))
+
+    def confirm_before_send(self) -> bool:
+        """True unless our heartbeat is fresh (acknowledged within half its TTL).
+
+        With a fresh heartbeat no other worker can have taken our claims over; after a stall or
+        an outage it may have, so a send then waits for :meth:`sending` to say it is still ours.
+        """
+        beat = self._membership.last_beat
+        return beat is None or time.monotonic() - beat > self._membership.ttl / 2
 
     async def release(self, push_id: str) -> None:
-        """Forget ``push_id`` so a later try may claim it (no error if it is unknown)."""
-        await self._redis.delete(self._prefix + push_id)
+        """Forget ``push_id`` if the claim is still ours, so a later try may claim it."""
+        await self._release(keys=[self._prefix + push_id], args=[self.holder])

@@ -14,7 +14,7 @@ from conftest import wait_for
 
 from bridge.api.app import create_app
 from bridge.config import Settings
-from bridge.runtime import Bridge
+from bridge.runtime import Bridge, Role
 
 
 def free_port() -> int:
@@ -22,6 +22,25 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_port_run(n: int) -> int:
+    """The first of ``n`` consecutive free ports (``sim all`` binds P, P+1 and P+2)."""
+    for _ in range(200):
+        base = free_port()
+        held: list[socket.socket] = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no run of {n} free ports found")
 
 
 @dataclass
@@ -37,14 +56,15 @@ class RunningBridge:
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(settings: Settings) -> AsyncIterator[RunningBridge]:
+async def running_bridge(settings: Settings, role: Role = "serve") -> AsyncIterator[RunningBridge]:
     """Start ``create_app(settings)`` under uvicorn; stop it (graceful shutdown) afterwards."""
     port = free_port()
     settings = settings.model_copy(update={"port": port})
-    bridge = Bridge(settings)
+    bridge = Bridge(settings, role=role)
     app = create_app(settings, bridge=bridge)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+        # proxy_headers=False as in `push-bridge serve`: only BRIDGE_TRUSTED_PROXY_HEADER names the caller.
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", proxy_headers=False)
     )
     task = asyncio.create_task(server.serve())
     try:

@@ -36,6 +36,7 @@ def settings_for(sim: ImkitSim, tmp_path: Path, **kw: Any) -> Settings:
         "admin_token": ADMIN,
         "backoff_base": 0.05,
         "backoff_cap": 0.5,
+        "push_provider_fallback": "log",  # no provider credentials: test pushes go to the log
     }
     base.update(kw)
     return Settings(_env_file=None, **base)  # type: ignore[call-arg]

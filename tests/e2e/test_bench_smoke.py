@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from bridge.bench import summarize
+import pytest
+
+from bridge.bench import (
+    NOFILE_RESERVE,
+    BenchDevice,
+    Options,
+    RoomPlan,
+    analyse_pushes,
+    backlog_growth_ms,
+    gc_phase,
+    message_index,
+    session_counts,
+    summarize,
+)
+from bridge.bench_sims import _Arrivals
+from bridge.metrics import GC_PAUSES, Metrics
 
 
 def test_bench_sessions_smoke(tmp_path: Path) -> None:
@@ -44,3 +62,170 @@ def test_summarize_nearest_rank() -> None:
     assert (s["n"], s["p50"], s["p95"], s["p99"], s["max"]) == (100, 50.0, 95.0, 99.0, 100.0)
     assert summarize([]) == {"n": 0}
     assert summarize([7.0])["p99"] == 7.0
+
+
+def _bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """``push-bridge bench ARGS --output ... --quiet`` as a child process; its JSON result."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge", "bench", *args, "--output", str(out), "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def test_bench_rooms_smoke(tmp_path: Path) -> None:
+    """20 devices in rooms of 5, half on FCM: every push arrives once, through the bridge and
+    through the bare-library floor, and every figure of the summary is there."""
+    r = _bench(tmp_path, "rooms", "-n", "20", "--room-size", "5", "--rate", "10",
+               "--duration", "2", "--fcm-share", "0.5")  # fmt: skip
+    assert (r["scenario"], r["devices"], r["rooms"], r["room_size"]) == ("rooms", 20, 4, 5)
+    assert (r["apns_devices"], r["fcm_devices"]) == (10, 10)
+    assert r["options"]["split_sims"] is True  # IMKIT in a process of its own
+    b = r["bridge"]
+    assert (b["messages"], b["expected"]) == (20, 100)
+    assert (b["received"], b["missing"], b["duplicate"], b["unexpected"]) == (100, 0, 0, 0)
+    for channel in ("all", "apns", "fcm"):
+        s = b["latency_ms"][channel]
+        assert 0 < s["p50"] <= s["p95"] <= s["p99"] <= s["max"] < 10_000
+    assert [t["tenth"] for t in b["tenths"]] == list(range(1, 11))
+    assert sum(t.get("n", 0) for t in b["tenths"]) == 100
+    assert 0 < b["bridge_cpu_percent"] < 200
+    assert set(b["sims_cpu_percent"]) == {"imkit", "providers"}
+    assert r["bridge_gc_longest_pause"]["seconds"] is not None
+    receive, send = r["floor"]["receive"], r["floor"]["send"]
+    assert (receive["connected"], receive["failed"]) == (20, 0)
+    assert (receive["expected"], receive["missing"], receive["duplicate"]) == (100, 0, 0)
+    assert (send["expected"], send["missing"], send["duplicate"]) == (100, 0, 0)
+    assert send["outcomes"] == {"200": 100}
+    assert set(send["latency_ms"]) == {"all", "apns", "fcm"}
+    assert receive["cpu_percent"] > 0 and send["cpu_percent"] > 0
+    assert r["floor"]["capacity_estimate"] > 0
+    labels = [row[0] for row in r["summary"]]
+    assert "bridge apns p99 vs floor (receive p99 + send p99)" in labels
+    assert "bridge fcm p99 vs floor (receive p99 + send p99)" in labels
+    assert r["tables"][0]["columns"][:4] == ["tenth", "pushes", "bridge p50", "bridge p99"]
+
+
+def test_bench_rooms_find_max_smoke(tmp_path: Path) -> None:
+    """--find-max steps the rate up and stops at the first step that is not sustained."""
+    r = _bench(tmp_path, "rooms", "-n", "20", "--room-size", "5", "--rate", "10",
+               "--duration", "1", "--no-floor", "--find-max", "--step-rates", "50,100",
+               "--step-duration", "1")  # fmt: skip
+    assert r["floor"] is None
+    assert r["bridge"]["missing"] == 0
+    found = r["find_max"]
+    steps = found["steps"]
+    assert [s["pushes_per_second"] for s in steps] == [50.0, 100.0][: len(steps)]
+    assert all(s["sustained"] for s in steps[:-1])
+    sustained = [s["pushes_per_second"] for s in steps if s["sustained"]]
+    assert found["max_sustained_pushes_per_second"] == max(sustained, default=0.0)
+    assert steps[0]["expected"] == 50 and steps[0]["received"] + steps[0]["missing"] == 50
+    assert r["tables"][1]["columns"][0] == "pushes/s"
+
+
+def test_bench_steady_smoke(tmp_path: Path) -> None:
+    """Idle RSS per session at one count, RSS growth per device, and the GC pauses."""
+    r = _bench(tmp_path, "steady", "-n", "20", "--messages", "30", "--growth-devices", "5")
+    (idle,) = r["idle"]
+    assert (idle["sessions"], idle["not_live"]) == (20, 0)
+    assert 20 * 1024 < idle["rss_empty_kib"] <= idle["rss_live_kib"]
+    assert idle["kib_per_session"] == round((idle["rss_live_kib"] - idle["rss_empty_kib"]) / 20, 1)
+    assert idle["open_files_peak"] >= 20  # a socket per session at least
+    assert idle["gc_longest_pause"]["seconds"] > 0
+    g = r["growth"]
+    assert (g["devices"], g["messages"], g["state"]) == (5, 30, "foreground")
+    assert isinstance(g["kib_per_device"], float)
+    assert g["gc_longest_pause"]["seconds"] > 0
+
+
+# ---------------------------------------------------------------------- the pieces, no processes
+
+
+def _plan(devices: int, size: int) -> RoomPlan:
+    ds = [BenchDevice(f"u{i}", f"d{i}", "t", "ios", f"tok{i}") for i in range(devices)]
+    return RoomPlan.build(ds, size)
+
+
+def test_room_plan_round_robin() -> None:
+    plan = _plan(7, 3)
+    assert plan.rooms == [[0, 1, 2], [3, 4, 5], [6]]
+    assert plan.ids == ["room-00000", "room-00001", "room-00002"]
+    assert plan.expected(4) == 3 + 3 + 1 + 3
+    assert plan.by_token["tok4"] == 4
+    assert message_index("b3-0000042") == 42
+
+
+def test_analyse_pushes_counts_missing_duplicate_unexpected() -> None:
+    plan = _plan(4, 2)  # rooms [0, 1] and [2, 3]
+    emitted = {"b1-0000000": 10.0, "b1-0000001": 10.5}  # room 0, then room 1
+    arrivals = [
+        ("b1-0000000", 0, 10.010, "apns"),
+        ("b1-0000000", 0, 10.020, "apns"),  # again: a duplicate
+        ("b1-0000000", 2, 10.030, "apns"),  # not a member of room 0
+        ("b1-0000001", 2, 10.600, "fcm"),
+        ("b9-0000000", 1, 10.700, "apns"),  # not emitted in this window: ignored
+    ]  # device 1 (room 0) and device 3 (room 1) never got theirs
+    a = analyse_pushes(emitted, arrivals, plan, started=10.0, span=1.0)
+    assert (a["expected"], a["received"], a["missing"]) == (4, 2, 2)
+    assert (a["duplicate"], a["unexpected"]) == (1, 1)
+    assert a["latency_ms"]["apns"]["max"] == pytest.approx(10.0)
+    assert a["latency_ms"]["fcm"]["max"] == pytest.approx(100.0)
+    assert a["tenths"][0]["n"] == 1 and a["tenths"][5]["n"] == 1
+
+
+def test_backlog_growth_is_last_tenth_p50_minus_first() -> None:
+    tenths = [{"tenth": k + 1, "n": 1, "p50": 10.0 + 100 * k, "p99": 0.0} for k in range(10)]
+    assert backlog_growth_ms({"tenths": tenths}) == 900.0
+    assert backlog_growth_ms({"tenths": [{"tenth": 1, "n": 1, "p50": 5.0}]}) is None
+
+
+def test_scenario_defaults_and_session_counts() -> None:
+    rooms = Options.from_dict({"sessions": None, "rate": None, "fcm_share": 0.5}, "rooms")
+    assert (rooms.sessions, rooms.rate, rooms.duration, rooms.ios_share) == (2000, 20.0, 30.0, 0.5)
+    latency = Options.from_dict({"sessions": ["300"], "rate": None}, "latency")
+    assert (latency.sessions, latency.rate, latency.ios_share) == (300, 200.0, 0.5)
+    steady = Options.from_dict({"sessions": None}, "steady")
+    assert steady.session_counts == ("2000", "10000")
+    with pytest.raises(ValueError, match="one number"):
+        Options.from_dict({"sessions": ["1", "2"]}, "latency")
+    most = 20_000 - NOFILE_RESERVE
+    assert session_counts(["10000", "max", "2000"], 20_000) == [2000, 10000, most]
+
+
+def test_gc_phase_is_exact_only_when_the_gauge_grew() -> None:
+    assert gc_phase(0.2, 0.5) == {"seconds": 0.5, "exact": True, "before_phase": 0.2}
+    assert gc_phase(0.2, 0.2)["exact"] is False
+    assert gc_phase(None, 0.2)["seconds"] is None
+
+
+def test_gc_longest_pause_metric() -> None:
+    """bridge_gc_longest_pause_seconds reports a collection the process just made."""
+    metrics = Metrics()
+    garbage = [[i] for i in range(200_000)]
+    t0 = time.perf_counter()
+    gc.collect()
+    took = time.perf_counter() - t0
+    del garbage
+    value = metrics.registry.get_sample_value("bridge_gc_longest_pause_seconds")
+    assert value is not None and 0 < value
+    assert GC_PAUSES.longest >= 0.5 * took  # this collection, or a longer one before it
+    assert gc.callbacks.count(GC_PAUSES) == 1
+    Metrics()
+    assert gc.callbacks.count(GC_PAUSES) == 1  # one timer per process, however many registries
+
+
+def test_sims_record_every_push_only_when_asked() -> None:
+    arrivals = _Arrivals()
+    arrivals.add(1.0, 200, "b1-0000000", "tok")
+    assert arrivals.pushes == [] and arrivals.by_message == {"b1-0000000": 1.0}
+    arrivals.reset(per_push=True)
+    arrivals.add(2.0, 200, "b1-0000000", "tok")
+    arrivals.add(2.5, 200, "b1-0000000", "tok")
+    arrivals.add(3.0, 500, None, "tok")  # no message id: nothing to join
+    assert arrivals.pushes == [("b1-0000000", "tok", 2.0, 200), ("b1-0000000", "tok", 2.5, 200)]

@@ -12,7 +12,11 @@ from pathlib import Path
 import httpx
 from conftest import wait_for
 
-from tests.e2e._bridge import free_port
+from bridge.config import Settings
+from bridge.models import ApnsRequest, Notification
+from bridge.push.apns import ApnsProvider
+from bridge.push.provider import Delivered
+from tests.e2e._bridge import free_port_run
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -45,8 +49,12 @@ def test_check_names_what_is_wrong(tmp_path: Path) -> None:
     p = run("check", env={"BRIDGE_IMKIT_URL": "http://127.0.0.1:1", "BRIDGE_STORE": f"sqlite:///{tmp_path}/b.db", "BRIDGE_FCM_CREDENTIALS_FILE": str(bad_sa)})
     assert p.returncode == 1
     assert "FCM service account lacks: private_key, client_email, token_uri" in p.stdout
-    p = run("check", env={"BRIDGE_IMKIT_URL": "http://127.0.0.1:1", "BRIDGE_STORE": f"sqlite:///{tmp_path}/b.db"})
+    env = {"BRIDGE_IMKIT_URL": "http://127.0.0.1:1", "BRIDGE_STORE": f"sqlite:///{tmp_path}/b.db"}
+    p = run("check", env=env)  # no credentials, and no log fallback unless asked for: nothing can deliver
+    assert p.returncode == 1 and "no provider can deliver" in p.stdout, p.stdout
+    p = run("check", env={**env, "BRIDGE_PUSH_PROVIDER_FALLBACK": "log"})
     assert p.returncode == 0 and "configuration OK" in p.stdout, p.stdout
+    assert "WARN  APNs: no credentials; notifications are written to the log" in p.stdout
 
 
 def test_serve_refuses_to_start_without_imkit_url(tmp_path: Path) -> None:
@@ -60,7 +68,7 @@ def test_worker_role_needs_redis(tmp_path: Path) -> None:
 
 
 async def test_sim_all_serves_the_three_simulators(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_port_run(3)
     base = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge", "sim", "all", "--port", str(port), "--state-dir", str(tmp_path)],
@@ -80,6 +88,20 @@ async def test_sim_all_serves_the_three_simulators(tmp_path: Path) -> None:
         await wait_for(lambda: (tmp_path / "apns-sim.json").exists() and (tmp_path / "fcm-service-account.json").exists(), 20, message="credentials written")
         apns = json.loads((tmp_path / "apns-sim.json").read_text())
         assert "BRIDGE_APNS_KEY_FILE" in json.dumps(apns)
+        # The simulated APNs answers a push (TLS on uvloop, as `push-bridge sim` runs it) and
+        # records it where another process (or container) can see what arrived.
+        env = {k.removeprefix("BRIDGE_").lower(): v for k, v in apns["env"].items()}
+        provider = ApnsProvider.from_settings(Settings(_env_file=None, **env, push_timeout=5))  # type: ignore[call-arg]
+        token = "ab" * 32
+        push = Notification(device_id="d1", push_type="ios", token=token, push_id="push-1", kind="message",
+                            apns=ApnsRequest({"aps": {"alert": {"body": "hello"}}}))
+        try:
+            result = await provider.send(push)
+        finally:
+            await provider.close()
+        assert isinstance(result, Delivered), result
+        received = [json.loads(line) for line in (tmp_path / "apns-received.jsonl").read_text().splitlines()]
+        assert [(r["token"], r["status"], r["payload"]["aps"]["alert"]["body"]) for r in received] == [(token, 200, "hello")]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)

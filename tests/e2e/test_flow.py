@@ -87,8 +87,9 @@ async def test_every_decision_reason(stack: Stack) -> None:
     n += 1
     assert events[0]["decision"] == "pushed" and events[0]["results"][0]["outcome"] == "token_invalid"
     await wait_for(lambda: _active(stack, "iphone") is False, 5, message="registration disabled")
-    await im.send_message("r1", "bob", "after")
-    await expect("token_invalid")
+    # No working token left: the device's session closes (issue 11), so nothing more is decided.
+    await wait_for(lambda: im.live_sockets("alice") == 0, 5, message="session closed")
+    assert (await stack.device("iphone"))["session"] == "closed"
     assert len(stack.delivered_apns()) == 1  # only the very first message was ever alerted
     dev = await stack.device("iphone")
     assert dev["registrations"][0]["disabledReason"] == "Unregistered"
@@ -162,7 +163,10 @@ async def test_200_devices_registered_concurrently_all_go_live(stack: Stack) -> 
     await wait_for(lambda: im.live_sockets() == 200, 30, interval=0.05, message="200 live sockets")
     pool = stack.bridge.bridge.pool
     assert pool is not None
-    await wait_for(lambda: pool.session_counts()["live"] == 200, 10, message="200 live sessions")
+    try:
+        await wait_for(lambda: pool.session_counts()["live"] == 200, 10, message="200 live sessions")
+    finally:
+        print("COUNTS", pool.session_counts(), len(pool.owned()), sorted(str(pool.session_state(d)) for d in pool.owned())[:5])
     await im.send_message("big", "bob", "hello everyone")
     await wait_for(lambda: len([r for r in stack.apns.received if r.status == 200]) + len([r for r in stack.fcm.received if r.status == 200]) == 50, 15, message="50 pushes")
 
@@ -222,8 +226,11 @@ async def test_metrics_of_the_design_are_exported(stack: Stack) -> None:
     await stack.imkit.send_message("r1", "bob", "hello")
     await wait_for(lambda: len(stack.delivered_fcm()) == 1, 10, message="pushed")
     await stack.wait_event("iphone", 1)
+    # The dead token was the iPhone's only one: its session closes (issue 11); the Pixel's reconnects.
+    await wait_for(lambda: stack.imkit.live_sockets("alice") == 1, 10, message="iphone session closed")
     await stack.imkit.drop_all_sockets()
-    await stack.wait_live("iphone", "pixel")
+    await wait_for(lambda: stack.imkit.live_sockets("alice") == 1, 10, message="pixel re-authenticated")
+    await stack.wait_live("pixel")
     text = (await stack.alice.get("/metrics")).text
 
     def value(sample: str) -> float:
@@ -233,7 +240,7 @@ async def test_metrics_of_the_design_are_exported(stack: Stack) -> None:
         raise AssertionError(f"{sample} not exported")
 
     assert value('bridge_devices{platform="fcm"}') == 1
-    assert value('bridge_sessions{state="live"}') == 2
+    assert value('bridge_sessions{state="live"}') == 1
     assert value('bridge_upstream_events_total{event="chat message"}') == 2
     assert value('bridge_decisions_total{outcome="push",reason="pushed"}') == 2
     assert value('bridge_pushes_total{outcome="delivered",provider="fcm"}') == 1
@@ -242,7 +249,7 @@ async def test_metrics_of_the_design_are_exported(stack: Stack) -> None:
     assert value("bridge_push_queue_depth") == 0
     assert value('bridge_invalid_tokens_total{provider="apns",reason="Unregistered"}') == 1
     assert value('bridge_worker_devices{worker="' + stack.bridge.bridge.worker_id + '"}') == 2
-    assert sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("bridge_upstream_reconnects_total{")) >= 2
+    assert sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("bridge_upstream_reconnects_total{")) >= 1
 
 
 async def test_device_changing_hands_follows_the_new_user(stack: Stack) -> None:

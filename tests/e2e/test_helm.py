@@ -403,6 +403,33 @@ def test_network_policies(all_on: list[Doc]) -> None:
     assert [p["port"] for p in redis["ingress"][0]["ports"]] == [6379]
 
 
+def test_metrics_peers_never_open_the_api_port_to_everyone(helm: Path) -> None:
+    # An empty metricsFrom (the default: everyone) must not cancel apiIngressFrom: /admin is on 8080.
+    docs = render(
+        helm,
+        set_=(
+            "networkPolicy.enabled=true",
+            "networkPolicy.apiIngressFrom[0].namespaceSelector.matchLabels.team=edge",
+        ),
+    )
+    (policy,) = [p["spec"] for p in of_kind(docs, "NetworkPolicy") if component(p) != "redis"]
+    for rule in policy["ingress"]:
+        ports = {p["port"] for p in rule["ports"]}
+        if 8080 in ports:
+            assert rule.get("from"), f"8080 open to everyone through {rule}"
+        else:
+            assert ports == {9108}
+
+
+def test_metrics_peers_may_scrape_the_api(all_on: list[Doc]) -> None:
+    (policy,) = [p["spec"] for p in of_kind(all_on, "NetworkPolicy") if p["metadata"]["name"] == "rel-imkit-push-bridge"]
+    api_rule = next(r for r in policy["ingress"] if [p["port"] for p in r["ports"]] == [8080])
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    assert monitoring in api_rule["from"]
+    metrics_rule = next(r for r in policy["ingress"] if [p["port"] for p in r["ports"]] == [9108])
+    assert metrics_rule["from"] == [monitoring]
+
+
 def test_evaluation_redis_only_when_enabled(all_on: list[Doc]) -> None:
     redis = [d for d in all_on if component(d) == "redis"]
     assert sorted(d["kind"] for d in redis) == ["Deployment", "NetworkPolicy", "Service"]

@@ -16,10 +16,14 @@ import httpx
 import pytest
 from conftest import wait_for
 
+from bridge.models import Device, Registration
+from bridge.runtime import Bridge
 from bridge.sim.apns import ApnsSim
 from bridge.sim.imkit import ImkitSim
 from bridge.sim.stack import SimStack
+from bridge.upstream.protocol import Message
 from tests.e2e._bridge import free_port
+from tests.e2e._stack import stack_settings
 
 N = 20
 
@@ -103,8 +107,15 @@ async def test_sigkill_and_restart_keeps_registrations_and_backfills(world: dict
     await wait_for(lambda: imkit.live_sockets() == N, 20, interval=0.05, message="all live")
     first = await imkit.send_message("room", "bob", "before the crash")
     await wait_for(lambda: delivered(apns).count(first["_id"]) == N, 15, interval=0.05, message="first message to everyone")
-    # Checkpoints are written within a second of the provider's answer; let that happen.
-    await wait_for(lambda: _checkpoints(world["tmp"] / "bridge.db") == N, 10, interval=0.1, message="checkpoints persisted")
+    # Checkpoints are written within a second of the provider's answer; let that happen. A
+    # checkpoint written while the push was still pending stops just short of the message, and a
+    # SIGKILL before the next flush would rightly push it again after the restart.
+    await wait_for(
+        lambda: _checkpoints(world["tmp"] / "bridge.db", at_least=first["updatedAtMS"]) == N,
+        10,
+        interval=0.1,
+        message="checkpoints past the first message persisted",
+    )
 
     proc.kill()
     await wait_for(lambda: imkit.live_sockets() == 0, 10, message="sockets gone with the process")
@@ -134,14 +145,70 @@ async def test_sigkill_and_restart_keeps_registrations_and_backfills(world: dict
             json.loads(line)  # every log line of the bridge is a JSON object
 
 
-def _checkpoints(db: Path) -> int:
+def _checkpoints(db: Path, at_least: int) -> int:
+    """How many devices have a stored checkpoint at or past ``at_least`` (ms)."""
     import sqlite3
 
     with sqlite3.connect(db) as con:
         cols = [r[1] for r in con.execute("PRAGMA table_info(devices)")]
-        col = "checkpoint_ms" if "checkpoint_ms" in cols else None
-        if col is None:
+        if "checkpoint_ms" not in cols:
             return 0
-        return int(con.execute(f"SELECT COUNT(*) FROM devices WHERE {col} IS NOT NULL").fetchone()[0])
+        query = "SELECT COUNT(*) FROM devices WHERE checkpoint_ms >= ?"
+        return int(con.execute(query, (at_least,)).fetchone()[0])
 
 
+
+
+async def test_clean_shutdown_answers_pushes_in_flight_and_restart_pushes_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """A push still waiting for APNs at shutdown is answered, checkpointed and never re-sent.
+
+    The pool must stay listening while the dispatcher drains: an answer dropped there leaves the
+    checkpoint before the message, and the next start backfills and pushes it a second time.
+    """
+    sims = await SimStack.start(tmp_path)
+    imkit, apns = sims.imkit, sims.apns
+    imkit.create_user("alice", "Alice")
+    imkit.create_user("bob", "Bob")
+    imkit.create_room("r1", ["alice", "bob"], name="Lunch")
+    settings = stack_settings(sims, tmp_path)  # SQLite; push timeout 3 s, drain 10 s
+    ios = "a1" * 32
+    device = Device(
+        device_id="iphone",
+        client_id="alice",
+        client_token=imkit.issue_token("alice"),
+        registrations={"ios": Registration("ios", ios)},
+    )
+
+    def sent(message_id: str) -> int:
+        return sum(json.loads(r.payload.get("payload", "{}")).get("_id") == message_id for r in apns.received)
+
+    try:
+        first = Bridge(settings)
+        await first.start()
+        try:
+            await first.store.put_device(device)
+            await first.device_changed("iphone")
+            await wait_for(lambda: imkit.live_sockets("alice") == 1, 10, message="live")
+            # APNs answers this one only after a second: the shutdown begins meanwhile.
+            apns.script(ios, stall=1.0, times=1)
+            in_flight = await imkit.send_message("r1", "bob", "in flight at shutdown")
+            await wait_for(lambda: sent(in_flight["_id"]) == 1, 10, message="push sent, not answered")
+        finally:
+            await first.close()
+        missed = await imkit.send_message("r1", "bob", "while the bridge was down")
+
+        second = Bridge(settings)
+        await second.start()
+        try:
+            stored = await second.store.get_device("iphone")
+            assert stored is not None
+            assert stored.checkpoint_ms == Message.model_validate(in_flight).version_ms  # answered
+            await wait_for(lambda: sent(missed["_id"]) == 1, 15, message="missed message backfilled")
+            assert await second.dispatcher.drain(5)  # whatever that backfill queued is finished
+            assert sent(in_flight["_id"]) == 1  # not pushed twice across the restart
+        finally:
+            await second.close()
+    finally:
+        await sims.stop()

@@ -101,6 +101,7 @@ class BridgeThread(threading.Thread):
                 admin_token=ADMIN,
                 backoff_base=0.05,
                 backoff_cap=0.5,
+                push_provider_fallback="log",  # no provider credentials here
                 # The fuzzer is one user making hundreds of calls: don't let it only see 429s.
                 rate_limit_per_minute=1_000_000,
             )

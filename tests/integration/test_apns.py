@@ -183,10 +183,11 @@ async def test_an_explicit_topic_is_used_as_is(provider: ApnsProvider, sim: Apns
 @pytest.mark.parametrize(
     ("status", "reason", "expected"),
     [
-        (410, "Unregistered", TokenInvalid("Unregistered")),
-        (410, "ExpiredToken", TokenInvalid("ExpiredToken")),
         (400, "BadDeviceToken", TokenInvalid("BadDeviceToken")),
-        (400, "DeviceTokenNotForTopic", TokenInvalid("DeviceTokenNotForTopic")),
+        # A configuration error (wrong topic), not a dead token: never disables a registration.
+        (400, "DeviceTokenNotForTopic", Failed("DeviceTokenNotForTopic")),
+        (400, "TopicDisallowed", Failed("TopicDisallowed")),
+        (403, "InvalidProviderToken", Failed("InvalidProviderToken")),
         (429, "TooManyRequests", Retry("TooManyRequests")),
         (500, "InternalServerError", Retry("InternalServerError")),
         (503, "ServiceUnavailable", Retry("ServiceUnavailable")),
@@ -206,6 +207,42 @@ async def test_scripted_answer_maps_to_its_result(
     sim.script(token, status=status, reason=reason)
     assert await provider.send(note(token)) == expected
     assert (sim.received[-1].status, sim.received[-1].reason) == (status, reason)
+
+
+@pytest.mark.parametrize("reason", ["Unregistered", "ExpiredToken"])
+async def test_410_is_token_invalid_since_apples_timestamp(
+    provider: ApnsProvider, sim: ApnsSim, reason: str
+) -> None:
+    token = new_token()
+    sim.script(token, status=410, reason=reason)
+    before = time.time()
+    result = await provider.send(note(token))
+    assert isinstance(result, TokenInvalid) and result.reason == reason
+    # The sim stamps the answer in milliseconds, like Apple: "invalid since" for the store.
+    assert result.since is not None and before - 0.01 <= result.since <= time.time() + 0.01
+
+
+async def test_configuration_errors_fail_and_are_logged_once_per_interval(
+    make_provider: MakeProvider, sim: ApnsSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider = make_provider()
+    tokens = [new_token() for _ in range(3)]
+    for token in tokens:
+        sim.script(token, status=400, reason="DeviceTokenNotForTopic")
+    with caplog.at_level(logging.INFO, logger="bridge.push.apns"):
+        results = [await provider.send(note(token)) for token in tokens]
+    assert results == [Failed("DeviceTokenNotForTopic")] * 3
+    lines = [r for r in caplog.records if "DeviceTokenNotForTopic" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.ERROR
+    assert "BRIDGE_APNS_TOPIC" in lines[0].getMessage() and TOPIC in lines[0].getMessage()
+    assert not any(token in caplog.text for token in tokens)
+
+    caplog.clear()
+    chatty = make_provider(config_log_interval=0.0)
+    with caplog.at_level(logging.INFO, logger="bridge.push.apns"):
+        for token in tokens[:2]:
+            await chatty.send(note(token))
+    assert sum("DeviceTokenNotForTopic" in r.getMessage() for r in caplog.records) == 2
 
 
 async def test_429_with_retry_after_carries_not_before(
@@ -374,7 +411,7 @@ async def test_many_concurrent_sends(make_provider: MakeProvider, sim: ApnsSim) 
     elapsed = time.monotonic() - started
     print(f"600 concurrent APNs sends in {elapsed:.2f}s ({600 / elapsed:.0f}/s)")
     assert sum(isinstance(r, Delivered) for r in results) == 540
-    assert sum(r == TokenInvalid("Unregistered") for r in results) == 60
+    assert sum(isinstance(r, TokenInvalid) and r.reason == "Unregistered" for r in results) == 60
     ids = {r.provider_id for r in results if isinstance(r, Delivered)}
     assert len(ids) == 540
     assert len(await sim.wait_received(601, timeout=1.0)) == 601
@@ -666,10 +703,15 @@ async def test_sim_run_writes_its_settings_and_reuses_them(tmp_path: Path) -> No
                 push_timeout=2.0,
             )
             provider = ApnsProvider.from_settings(settings)
+            token = new_token()
             try:
-                assert isinstance(await provider.send(note(new_token())), Delivered)
+                assert isinstance(await provider.send(note(token)), Delivered)
             finally:
                 await provider.close()
+            # What arrived is readable from outside the process, this run's requests only.
+            lines = (await asyncio.to_thread(Path(state["received_file"]).read_text)).splitlines()
+            assert [(r["token"], r["status"]) for r in map(json.loads, lines)] == [(token, 200)]
+            assert json.loads(lines[0])["payload"]["aps"]["alert"]["body"] == "hello"
             state_file.unlink()
             return state
         finally:
@@ -706,6 +748,18 @@ def test_map_response_edges(
     status: int, reason: str | None, retry_after: str | None, expected: SendResult
 ) -> None:
     assert map_response(status, reason, retry_after) == expected
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "since"),
+    [(1_700_000_000_123, 1_700_000_000.123), (None, None), (0, None), ("soon", None), (True, None)],
+)
+def test_map_response_reads_the_410_timestamp(timestamp: Any, since: float | None) -> None:
+    assert map_response(410, "Unregistered", None, timestamp) == TokenInvalid("Unregistered", since)
+    # Apple sends one with 410 only; whenever there is one, a dead token carries it.
+    assert map_response(400, "BadDeviceToken", None, timestamp) == TokenInvalid(
+        "BadDeviceToken", since
+    )
 
 
 async def test_no_apns_request_is_failed_without_network(pki: Pki) -> None:

@@ -9,8 +9,10 @@ import httpx
 import pytest
 
 from bridge.sim.imkit import ImkitSim
+from bridge.upstream.protocol import Message
 from bridge.upstream.rest import ImkitRest, InvalidToken, RequestRejected, UpstreamUnavailable
 from bridge.worker.backfill import fetch_missed, plan_backfill
+from bridge.worker.dedupe import SeenMessages, message_time
 
 
 @pytest.fixture
@@ -67,14 +69,19 @@ async def test_everything_after_the_checkpoint_is_fetched_once(
     ]
     assert missed.malformed == 0
 
-    # and the plan over it, with the pool's kind of predicate
+    # and the plan over it, with the pool's kind of predicate and of dedupe
+    now_ms = int(own["updatedAtMS"]) + 1000
+    seen = SeenMessages()
+    live = Message.model_validate(new["r1"][0])  # pushed live before the gap was noticed
+    seen.add(live.room, live.id, message_time(live))
     plan = plan_backfill(
         missed,
-        now_ms=int(own["updatedAtMS"]) + 1000,
+        now_ms=now_ms,
         max_age_ms=3_600_000,
         room_cap=2,
         pushable=lambda m: m.sender_id != "alice",
-        seen={f"m:{new['r1'][0]['_id']}"},  # pushed live before the gap was noticed
+        seen=seen,
+        gap=(since, now_ms),
     )
     assert ids(plan.messages) == ids([quiet, new["r1"][1], *new["r2"]])  # own one left out
     assert [(s.room_id, s.count, s.room_name) for s in plan.summaries] == [("r3", 3, "Room r3")]

@@ -22,11 +22,13 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge.compose import Target, compose_message
 from bridge.config import Settings
 from bridge.models import FcmRequest, Notification
 from bridge.push.fcm import FcmProvider
 from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
 from bridge.sim.fcm import FCM_ERROR_TYPE, FcmSim
+from bridge.upstream.protocol import Message
 
 PUSH_TIMEOUT = 0.5
 
@@ -183,7 +185,8 @@ async def test_oauth_token_fetched_from_sim_before_first_send_and_reused(
 
 MAPPINGS: list[tuple[dict[str, Any], type, str]] = [
     ({"error_code": "UNREGISTERED"}, TokenInvalid, "unregistered"),
-    ({"error_code": "SENDER_ID_MISMATCH"}, TokenInvalid, "sender_id_mismatch"),
+    # Another Firebase project's tokens: a configuration error, never a reason to disable.
+    ({"error_code": "SENDER_ID_MISMATCH"}, Failed, "sender_id_mismatch"),
     ({"error_code": "INVALID_ARGUMENT"}, TokenInvalid, "invalid_token"),
     ({"error_code": "QUOTA_EXCEEDED"}, Retry, "quota_exceeded"),
     ({"status": 429}, Retry, "resource_exhausted"),
@@ -261,6 +264,61 @@ async def test_payload_rejected_by_fcm_is_failed_not_token_invalid(
 
     assert isinstance(result, Failed) and result.reason.startswith("invalid_argument")
     assert sim.received[-1].status == 400
+
+
+async def test_fcm_counts_the_notification_against_the_size_limit(
+    sim: FcmSim, provider: FcmProvider
+) -> None:
+    """3 KB of data fits on its own; with a 1.5 KB notification body the message does not."""
+    data = {"title": "Bob", "body": "x" * 3000}
+    small = await provider.send(note("tok-size", data=data))
+    big = await provider.send(
+        note("tok-size", data=data, notification={"title": "Bob", "body": "y" * 1500})
+    )
+
+    assert isinstance(small, Delivered)
+    assert isinstance(big, Failed) and big.reason.startswith("invalid_argument")
+    assert [r.status for r in sim.received] == [200, 400]
+
+
+async def test_a_long_text_composed_for_fcm_is_accepted(sim: FcmSim, provider: FcmProvider) -> None:
+    for push_type in ("android", "web"):
+        for text in ("a" * 6000, "訊息" * 3000, "😀" * 3000):
+            msg = Message.model_validate(
+                {
+                    "_id": "m1",
+                    "room": "r1",
+                    "message": text,
+                    "sender": {"_id": "u", "nickname": "N" * 80},
+                }
+            )
+            target = Target(push_type, "zh-TW", badge=7)
+            req = compose_message(msg, target, now=time.time(), room_name="R" * 80)
+            assert isinstance(req, FcmRequest)
+            n = Notification(
+                device_id="dev-1",
+                push_type=push_type,
+                token="tok-long",
+                push_id="p-1",
+                kind="message",
+                fcm=req,
+            )
+
+            assert isinstance(await provider.send(n), Delivered), (push_type, text[:2])
+    assert [r.status for r in sim.received] == [200] * 6
+
+
+async def test_configuration_errors_are_logged_once_per_interval(
+    sim: FcmSim, provider: FcmProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.script("tok-other-project", error_code="SENDER_ID_MISMATCH")
+    with caplog.at_level(logging.INFO, logger="bridge.push.fcm"):
+        results = [await provider.send(note("tok-other-project")) for _ in range(3)]
+    assert all(isinstance(r, Failed) and r.reason.startswith("sender_id_mismatch") for r in results)
+    lines = [r for r in caplog.records if "sender_id_mismatch" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.ERROR
+    assert "BRIDGE_FCM_CREDENTIALS_FILE" in lines[0].getMessage()
+    assert "tok-other-project" not in caplog.text
 
 
 async def test_bad_message_fails_locally_without_a_request(

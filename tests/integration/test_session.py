@@ -12,8 +12,9 @@ import contextlib
 import logging
 import random
 import resource
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -34,7 +35,8 @@ from bridge.upstream.protocol import (
     encode_payload,
 )
 from bridge.upstream.ratelimit import ConnectLimiter
-from bridge.upstream.session import UpstreamSession
+from bridge.upstream.rest import ImkitRest, InvalidToken
+from bridge.upstream.session import TokenCheck, UpstreamSession
 from bridge.upstream.transport import make_http_session
 
 CLIENT_KEY = "sim-client-key"
@@ -198,6 +200,49 @@ async def live(session: UpstreamSession, timeout: float = 5.0) -> None:
     await wait_for(lambda: session.state is SessionState.LIVE, timeout, message=f"{session!r} live")
 
 
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A URL on 127.0.0.1 whose port refuses every connection (bound, never listening)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def a_retrying_session_reconnected(open_session: OpenSession, url: str, times: int = 8) -> None:
+    """Wait until a witness session with a 10-20 ms backoff (each wait at its ceiling) has tried to
+    connect ``times`` times to ``url``, which refuses. A session under test that was not really
+    parked, with the same or a shorter backoff, had as many chances to reconnect meanwhile: this
+    replaces a fixed sleep with a condition that holds however slow the machine is."""
+    witness, _ = open_session(url, "token", device_id="witness", backoff=Backoff(0.01, 0.02, rng=MaxRandom()))
+    await wait_for(lambda: witness.connects_total >= times, 10.0, message=f"{times} witness attempts")
+    await witness.close()
+
+
+@pytest.fixture
+async def me_check(http: aiohttp.ClientSession) -> AsyncIterator[Callable[[ImkitSim], TokenCheck]]:
+    """``token_refused`` as the worker pool builds it: True only when ``GET /me`` answers 401."""
+    clients: list[ImkitRest] = []
+
+    def make(sim: ImkitSim) -> TokenCheck:
+        rest = ImkitRest(sim.url, client_key=CLIENT_KEY, timeout=5.0)
+        clients.append(rest)
+
+        async def refused(token: str) -> bool:
+            try:
+                await rest.me(token)
+            except InvalidToken:
+                return True
+            except Exception:
+                return False
+            return False
+
+        return refused
+
+    yield make
+    for rest in clients:
+        await rest.aclose()
+
+
 # ---------------------------------------------------------------------------- connect and auth
 
 
@@ -355,7 +400,7 @@ async def test_no_secret_in_logs_or_repr(
 
 @pytest.mark.parametrize("case", ["garbage", "expired", "unknown_user", "wrong_signature", "wrong_key"])
 async def test_rc_401_parks_in_auth_failed_until_a_new_token(
-    sims: Callable[..., Awaitable[ImkitSim]], open_session: OpenSession, case: str
+    sims: Callable[..., Awaitable[ImkitSim]], open_session: OpenSession, refused_url: str, case: str
 ) -> None:
     sim = await sims(require_client_key=True)
     sim.create_user("alice")
@@ -374,10 +419,10 @@ async def test_rc_401_parks_in_auth_failed_until_a_new_token(
     await wait_for(lambda: session.state is SessionState.AUTH_FAILED, message="auth_failed")
     assert probe.states[-1] == (SessionState.AUTH_FAILED, "auth_failed")
 
-    # Parked: with 10-20 ms backoffs a retrying session would have reconnected a dozen times.
-    await asyncio.sleep(0.3)
+    # Parked: with its 10-20 ms backoff a retrying session would have reconnected meanwhile.
+    await a_retrying_session_reconnected(open_session, refused_url)
     assert sim.auths_total == 1 and sim.connections_total == 1
-    assert session.state is SessionState.AUTH_FAILED
+    assert session.state is SessionState.AUTH_FAILED and session.connects_total == 1
 
     if case == "wrong_key":
         return  # a new token cannot fix a wrong client key
@@ -387,20 +432,62 @@ async def test_rc_401_parks_in_auth_failed_until_a_new_token(
     assert sim.auths_total == 2
 
 
-async def test_server_disconnect_after_auth2_parks_in_auth_failed(
+@pytest.mark.parametrize("check", [True, False], ids=["with_me_check", "without_check"])
+async def test_server_disconnect_before_the_auth2_ack_reconnects(
+    sims: Callable[..., Awaitable[ImkitSim]],
+    open_session: OpenSession,
+    me_check: Callable[[ImkitSim], TokenCheck],
+    check: bool,
+) -> None:
+    """IMKIT restarting between auth2 and its ack is no verdict on a valid token: retry, never park."""
+    sim = await sims()
+    sim.create_user("alice")
+    sim.disconnect_next_auths = 2
+    kw: dict[str, Any] = {"token_refused": me_check(sim)} if check else {}
+    session, probe = open_session(sim.url, sim.issue_token("alice"), backoff=Backoff(0.01, 0.02), **kw)
+    await live(session)
+    assert probe.count(SessionState.AUTH_FAILED) == 0
+    assert probe.count(SessionState.BACKOFF, "server_disconnect") == 2
+    assert sim.auths_total == 3 and sim.live_sockets("alice") == 1
+
+
+async def test_server_disconnect_after_auth2_parks_only_when_me_refuses_the_token(
+    sims: Callable[..., Awaitable[ImkitSim]],
+    open_session: OpenSession,
+    me_check: Callable[[ImkitSim], TokenCheck],
+    refused_url: str,
+) -> None:
+    sim = await sims(disconnect_on_auth_failure=True)
+    sim.create_user("alice")
+    sim.fail_rest(503)  # GET /me cannot answer: no verdict, so keep retrying
+    session, probe = open_session(
+        sim.url, sim.issue_token("alice", ttl=-1), backoff=Backoff(0.01, 0.02), token_refused=me_check(sim)
+    )
+    await wait_for(lambda: probe.count(SessionState.BACKOFF, "server_disconnect") >= 2, message="2 retries")
+    assert probe.count(SessionState.AUTH_FAILED) == 0
+
+    sim.fail_rest(None)  # now GET /me says 401: a real authentication failure
+    await wait_for(lambda: session.state is SessionState.AUTH_FAILED, message="auth_failed")
+    assert probe.states[-1] == (SessionState.AUTH_FAILED, "auth_failed")
+    auths = sim.auths_total
+    await a_retrying_session_reconnected(open_session, refused_url)
+    assert sim.auths_total == auths and session.state is SessionState.AUTH_FAILED
+
+    session.update_token(sim.issue_token("alice"))
+    await live(session)
+    assert sim.live_sockets("alice") == 1
+
+
+async def test_without_a_token_check_a_disconnect_after_auth2_is_retried(
     sims: Callable[..., Awaitable[ImkitSim]], open_session: OpenSession
 ) -> None:
     sim = await sims(disconnect_on_auth_failure=True)
     sim.create_user("alice")
     session, probe = open_session(sim.url, sim.issue_token("alice", ttl=-1), backoff=Backoff(0.01, 0.02))
-    await wait_for(lambda: session.state is SessionState.AUTH_FAILED, message="auth_failed")
-    assert probe.states[-1] == (SessionState.AUTH_FAILED, "auth_failed")
-    await asyncio.sleep(0.3)
-    assert sim.auths_total == 1 and session.state is SessionState.AUTH_FAILED
-
+    await wait_for(lambda: probe.count(SessionState.BACKOFF, "server_disconnect") >= 3, message="3 retries")
+    assert probe.count(SessionState.AUTH_FAILED) == 0
     session.update_token(sim.issue_token("alice"))
     await live(session)
-    assert sim.live_sockets("alice") == 1
 
 
 async def test_missing_ack_reconnects_with_backoff(
@@ -601,7 +688,9 @@ async def test_backoff_delays_grow_to_the_cap(
     await live(session)
 
 
-async def test_close_is_final(sims: Callable[..., Awaitable[ImkitSim]], open_session: OpenSession) -> None:
+async def test_close_is_final(
+    sims: Callable[..., Awaitable[ImkitSim]], open_session: OpenSession, refused_url: str
+) -> None:
     sim = await sims()
     sim.create_room("r1", ["alice", "bob"])
     session, probe = open_session(sim.url, sim.issue_token("alice"))
@@ -615,9 +704,9 @@ async def test_close_is_final(sims: Callable[..., Awaitable[ImkitSim]], open_ses
     await sim.send_message("r1", "bob", "too late")
     session.update_token(sim.issue_token("alice"))
     session.start()
-    await asyncio.sleep(0.2)
+    await a_retrying_session_reconnected(open_session, refused_url)
     assert probe.events == [] and len(probe.states) == n_states
-    assert sim.connections_total == 1
+    assert sim.connections_total == 1 and session.connects_total == 1
 
 
 async def test_close_while_parked_and_before_start(
@@ -671,8 +760,13 @@ async def test_a_thousand_sessions_in_one_process(
     sim.create_room("everyone", users)
     limiter = ConnectLimiter(2000, 200)
     t0 = time.monotonic()
+    # Generous timeouts: this checks scale and that no session errs, not how fast a loaded machine
+    # answers 500 handshakes at once (a 2 s auth2 deadline then fires now and then, and retries).
     pairs = [
-        open_session(sim.url, sim.issue_token(u), device_id=f"dev{i:04d}", limiter=limiter)
+        open_session(
+            sim.url, sim.issue_token(u), device_id=f"dev{i:04d}", limiter=limiter,
+            auth_timeout=30.0, connect_timeout=30.0,
+        )
         for i, u in enumerate(users)
     ]
     await wait_for(lambda: all(s.state is SessionState.LIVE for s, _ in pairs), 50.0, interval=0.1)
@@ -710,3 +804,31 @@ async def test_handshakes_in_progress_are_capped(
 def _user(sim: ImkitSim, client_id: str) -> str:
     sim.create_user(client_id, client_id)
     return client_id
+
+
+async def test_close_at_any_moment_of_the_handshake_ends_the_socket(
+    sims: Callable[..., Awaitable[ImkitSim]], http: aiohttp.ClientSession
+) -> None:
+    """close() interrupts connect, conf and auth2 wherever they are, and leaves no socket behind.
+
+    A pool closes sessions mid-handshake whenever a device is removed or changes worker; a close
+    that hung there (or let the handshake finish) would hold the device's lock and leave a live
+    upstream socket nobody owns.
+    """
+    sim = await sims()
+    token = sim.issue_token("alice")
+    rng = random.Random(7)
+    for i in range(40):
+        probe = Probe()
+        session = UpstreamSession(
+            device_id=f"d{i}", client_token=token, url=sim.url, http=http,
+            limiter=ConnectLimiter(), on_event=probe.on_event, on_state=probe.on_state, client_key=CLIENT_KEY,
+        )
+        session.start()
+        # Anywhere from before the connect to just after going live.
+        await asyncio.sleep(rng.uniform(0, 0.03))
+        await asyncio.wait_for(session.close(), 3.0)
+        assert session.state is SessionState.CLOSED
+        assert probe.states[-1] == (SessionState.CLOSED, "closed")
+        await wait_for(lambda: sim.connected_sockets() == 0, 3.0, message=f"socket of session {i} closed")
+        assert sim.live_sockets() == 0

@@ -310,16 +310,50 @@ async def test_set_app_state(store: Store) -> None:
 
 async def test_disable_registration(store: Store) -> None:
     device = make_device("dev-1")
+    token = device.registrations["ios"].token
     await store.put_device(device)
-    assert await store.disable_registration("dev-1", "ios", "BadDeviceToken") is True
+    assert await store.disable_registration("dev-1", "ios", token, "BadDeviceToken") is True
     d = await store.get_device("dev-1")
     assert d is not None
     assert d.registrations["ios"].disabled_reason == "BadDeviceToken"
-    assert d.registrations["ios"].token == device.registrations["ios"].token
+    assert d.registrations["ios"].token == token
     assert d.registrations["ios-voip"].active
     assert [r.type for r in d.active_registrations] == ["ios-voip"]
-    assert await store.disable_registration("dev-1", "web", "x") is False
-    assert await store.disable_registration("missing", "ios", "x") is False
+    assert await store.disable_registration("dev-1", "ios", token, "again") is False  # already
+    assert await store.disable_registration("dev-1", "web", token, "x") is False
+    assert await store.disable_registration("missing", "ios", token, "x") is False
+
+
+async def test_a_late_invalid_token_answer_spares_a_new_registration(store: Store) -> None:
+    """A provider's late "dead token" about the old token must not disable the new one."""
+    device = make_device("dev-1")
+    old_token = device.registrations["ios"].token
+    await store.put_device(device)
+    # The app registers a fresh token; then the answer about a push to the old one arrives.
+    new = Registration("ios", secret("apns-new"), updated_at=1700000050.0)
+    await store.put_device(replace(device, registrations={**device.registrations, "ios": new}))
+    assert await store.disable_registration("dev-1", "ios", old_token, "Unregistered") is False
+    d = await store.get_device("dev-1")
+    assert d is not None and d.registrations["ios"].active
+    assert d.registrations["ios"].token == new.token
+    # The same token registered again after the moment APNs says it became invalid: kept.
+    assert (
+        await store.disable_registration(
+            "dev-1", "ios", new.token, "Unregistered", since=1700000049.0
+        )
+        is False
+    )
+    d = await store.get_device("dev-1")
+    assert d is not None and d.registrations["ios"].active
+    # Invalid since after the registration: disabled.
+    assert (
+        await store.disable_registration(
+            "dev-1", "ios", new.token, "Unregistered", since=1700000051.0
+        )
+        is True
+    )
+    d = await store.get_device("dev-1")
+    assert d is not None and d.registrations["ios"].disabled_reason == "Unregistered"
 
 
 async def test_checkpoint_only_moves_forward(store: Store) -> None:
@@ -352,11 +386,12 @@ async def test_change_feed_fans_out_in_order(backend: Backend, store: Store) -> 
         for r in readers:
             r.seen.clear()
         await store.put_device(make_device("a"))
-        await store.put_device(make_device("b"))
+        b = make_device("b")
+        await store.put_device(b)
         await store.set_checkpoint("a", "m", 1)  # publishes nothing
         await store.set_app_state("missing", AppState.FOREGROUND, None)  # nothing happened
         await store.set_app_state("a", AppState.BACKGROUND, None)
-        await store.disable_registration("b", "ios", "Unregistered")
+        await store.disable_registration("b", "ios", b.registrations["ios"].token, "Unregistered")
         await store.delete_device("a")
         await store.delete_device("a")  # already gone: nothing
         await store.put_device(make_device("c"))

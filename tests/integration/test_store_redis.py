@@ -57,8 +57,10 @@ async def test_key_layout(redis_server: RedisServer, store: RedisStore) -> None:
     client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         keys = sorted([k async for k in client.scan_iter()])
-        assert keys == ["pb:changes", "pb:client:alice", "pb:dev:d1", "pb:devices", "pb:meta:keycheck"]
+        h = TokenCipher(KEY).lookup_hash("SECRET-fcm-d1")
+        assert keys == ["pb:changes", "pb:client:alice", "pb:dev:d1", "pb:devices", "pb:meta:keycheck", "pb:meta:ptok", f"pb:ptok:{h}"]
         assert await client.smembers("pb:client:alice") == {"d1"}
+        assert await client.smembers(f"pb:ptok:{h}") == {"d1 fcm"}  # d2's entry left with d2
         assert await client.zrange("pb:devices", 0, -1, withscores=True) == [("d1", 0.0)]
         entries = await client.xrange("pb:changes") or []
         assert [fields for _, fields in entries] == [
@@ -232,7 +234,7 @@ async def test_concurrent_updates_of_one_device_are_not_lost(store: RedisStore) 
     # Concurrent read-modify-writes of the same JSON: without WATCH, all but one would be lost.
     results = await asyncio.gather(
         store.set_app_state("d1", AppState.FOREGROUND, 123.0),
-        *(store.disable_registration("d1", t, "Unregistered-" + t) for t in types),
+        *(store.disable_registration("d1", t, "SECRET-" + t, "Unregistered-" + t) for t in types),
         store.set_checkpoint("d1", "m-1", 1000),
     )
     assert results[:-1] == [True] * (1 + len(types))

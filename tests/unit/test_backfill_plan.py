@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+from bridge.decide import Gap
 from bridge.upstream.protocol import Invitation, Message
 from bridge.worker.backfill import BackfillPlan, Missed, RoomSummary, invitation_ms, plan_backfill
+from bridge.worker.dedupe import SeenMessages
 
 NOW = 10_000_000
 MAX_AGE = 1_000_000
@@ -34,6 +36,22 @@ def inv(room: str, ms: int | None = None, **extra: Any) -> Invitation:
     if ms is not None:
         body["updatedTimeMS"] = ms
     return Invitation.model_validate({**body, **extra})
+
+
+class KeySeen:
+    """What was handled, as keys: ``m:<id>`` a message, ``s:<id>`` a stream, ``i:<room>`` an invitation."""
+
+    def __init__(self, keys: frozenset[str] = frozenset()) -> None:
+        self.keys = keys
+
+    def seen(self, room: str, msg_id: str, at_ms: int | None, *, gap: Gap | None = None) -> bool:
+        return f"m:{msg_id}" in self.keys
+
+    def streaming(self, msg_id: str) -> bool:
+        return f"s:{msg_id}" in self.keys
+
+    def invited(self, room: str) -> bool:
+        return f"i:{room}" in self.keys
 
 
 def not_own_not_recall(m: Message) -> bool:
@@ -146,7 +164,7 @@ def test_plan_messages(case: Case) -> None:
         max_age_ms=MAX_AGE,
         room_cap=case.room_cap,
         pushable=not_own_not_recall,
-        seen=case.seen,
+        seen=KeySeen(case.seen),
     )
     assert [m.id for m in plan.messages] == case.messages
     assert [(s.room_id, s.count, s.newest.id) for s in plan.summaries] == case.summaries
@@ -166,7 +184,7 @@ def test_kept_edit_is_the_newest_version() -> None:
         malformed=0,
     )
     plan = plan_backfill(
-        missed, now_ms=NOW, max_age_ms=MAX_AGE, room_cap=5, pushable=lambda m: True, seen=()
+        missed, now_ms=NOW, max_age_ms=MAX_AGE, room_cap=5, pushable=lambda m: True, seen=KeySeen()
     )
     assert [(m.id, m.version_ms, m.text) for m in plan.messages] == [
         ("a", NOW - 1, f"text of a@{NOW - 1}")
@@ -179,11 +197,36 @@ def test_summary_carries_the_newest_message() -> None:
         rooms={"r1": [newest, *n_msgs("r1", 5)]}, room_names={}, invitations=[], malformed=0
     )
     plan = plan_backfill(
-        missed, now_ms=NOW, max_age_ms=MAX_AGE, room_cap=5, pushable=lambda m: True, seen=()
+        missed, now_ms=NOW, max_age_ms=MAX_AGE, room_cap=5, pushable=lambda m: True, seen=KeySeen()
     )
     assert plan == BackfillPlan(
         messages=[], invitations=[], summaries=[RoomSummary("r1", 6, newest)], skipped_old=0
     )
+
+
+def created(mid: str, room: str, ms: int) -> Message:
+    return Message.model_validate({"_id": mid, "room": room, "message": mid, "sender": {"_id": "bob"}, "createdAtMS": ms, "updatedAtMS": ms})
+
+
+def test_the_gap_lets_missed_messages_through_though_live_traffic_moved_past_them() -> None:
+    """Messages of the gap are older than the live ones heard since the reconnect: only the gap
+    tells them from messages handled before it."""
+    seen = SeenMessages()
+    seen.add("r1", "before", NOW - 500)  # handled live before the drop at NOW - 500
+    for i in range(20):  # live since the reconnect at NOW - 100
+        seen.add("r1", f"live{i}", NOW - 100 + i)
+    gap = (NOW - 500, NOW - 100)
+    rooms = {"r1": [created("before", "r1", NOW - 500), created("g1", "r1", NOW - 300), created("g2", "r1", NOW - 200), created("live3", "r1", NOW - 97)]}
+    missed = Missed(rooms=rooms, room_names={}, invitations=[], malformed=0)
+
+    def plan(gap: Gap | None) -> list[str]:
+        p = plan_backfill(missed, now_ms=NOW, max_age_ms=MAX_AGE, room_cap=5, pushable=lambda m: True, seen=seen, gap=gap)
+        return [m.id for m in p.messages]
+
+    assert plan(None) == []  # without the gap, the window has moved past them: taken as handled
+    assert plan(gap) == ["g1", "g2"]
+    seen.add("r1", "g1", NOW - 300, gap=gap)
+    assert plan(gap) == ["g2"]
 
 
 INVITATION_CASES = {
@@ -215,7 +258,7 @@ def test_plan_invitations(
 ) -> None:
     missed = Missed(rooms={}, room_names={}, invitations=invitations, malformed=0)
     plan = plan_backfill(
-        missed, now_ms=NOW, max_age_ms=MAX_AGE, room_cap=3, pushable=lambda m: True, seen=seen
+        missed, now_ms=NOW, max_age_ms=MAX_AGE, room_cap=3, pushable=lambda m: True, seen=KeySeen(seen)
     )
     assert [i.room.id for i in plan.invitations] == expected
     assert plan.skipped_old == skipped
@@ -230,7 +273,7 @@ def test_of_two_invitations_for_a_room_the_newest_is_kept() -> None:
         malformed=0,
     )
     plan = plan_backfill(
-        missed, now_ms=NOW, max_age_ms=MAX_AGE, room_cap=3, pushable=lambda m: True, seen=()
+        missed, now_ms=NOW, max_age_ms=MAX_AGE, room_cap=3, pushable=lambda m: True, seen=KeySeen()
     )
     assert [(i.room.id, i.inviter.id if i.inviter else None) for i in plan.invitations] == [
         ("a", "carol")
@@ -257,5 +300,5 @@ def test_negative_cap_is_refused() -> None:
     missed = Missed(rooms={}, room_names={}, invitations=[], malformed=0)
     with pytest.raises(ValueError):
         plan_backfill(
-            missed, now_ms=NOW, max_age_ms=MAX_AGE, room_cap=-1, pushable=lambda m: True, seen=()
+            missed, now_ms=NOW, max_age_ms=MAX_AGE, room_cap=-1, pushable=lambda m: True, seen=KeySeen()
         )

@@ -14,7 +14,8 @@ from bridge.compose import (
     APNS_LIMIT,
     APNS_VOIP_LIMIT,
     ELLIPSIS,
-    FCM_DATA_LIMIT,
+    FCM_LIMIT,
+    FCM_RESERVE,
     KNOWN_TYPES,
     NAME_MAX,
     TEXT_TYPES,
@@ -26,6 +27,7 @@ from bridge.compose import (
     compose_message,
     compose_summary,
     compose_test,
+    fcm_size,
     fits,
     loc_key_for,
     push_id,
@@ -76,7 +78,17 @@ def size_ok(req: ApnsRequest | FcmRequest) -> bool:
     if isinstance(req, ApnsRequest):
         limit = APNS_VOIP_LIMIT if req.push_type == "voip" else APNS_LIMIT
         return len(json.dumps(req.payload, ensure_ascii=False).encode("utf-8")) <= limit
-    return sum(len(k.encode()) + len(v.encode()) for k, v in req.data.items()) <= FCM_DATA_LIMIT
+    # FCM counts the whole message, not only ``data``: every block but the token, as JSON.
+    blocks = {
+        "data": req.data,
+        "notification": req.notification,
+        "android": req.android,
+        "webpush": req.webpush,
+    }
+    whole = json.dumps(
+        {k: v for k, v in blocks.items() if v}, ensure_ascii=False, separators=(",", ":")
+    )
+    return len(whole.encode("utf-8")) <= FCM_LIMIT
 
 
 # ---------------------------------------------------------------------------------- golden
@@ -145,8 +157,6 @@ def test_golden_android_image_group_zh_tw() -> None:
             "priority": "high",
             "ttl": 600,
             "notification": {
-                "title": "設計組",
-                "body": body,
                 "body_loc_key": "im_loc_image",
                 "body_loc_args": ["Bob"],
                 "tag": "r2",
@@ -175,7 +185,7 @@ def test_golden_web_text_group_ja() -> None:
         notification={"title": "開発", "body": body},
         webpush={
             "headers": {"TTL": "3600", "Urgency": "high"},
-            "notification": {"title": "開発", "body": body, "tag": "r1"},
+            "notification": {"tag": "r1"},
         },
     )
 
@@ -233,8 +243,6 @@ def test_golden_invitation_android_zh_cn() -> None:
             "priority": "high",
             "ttl": 3600,
             "notification": {
-                "title": "Party",
-                "body": body,
                 "body_loc_key": "im_loc_invitation",
                 "body_loc_args": ["Carol", "Party"],
                 "tag": "r9",
@@ -332,8 +340,6 @@ def test_golden_summary_and_test() -> None:
             "priority": "high",
             "ttl": 3600,
             "notification": {
-                "title": "Test notification",
-                "body": "Push notifications are working.",
                 "body_loc_key": "im_loc_test",
                 "body_loc_args": [],
             },
@@ -576,12 +582,12 @@ def test_long_text_trims_payload_then_body() -> None:
         args = json.loads(data["loc-args"])
         assert args[1] == data["body"]
         # The body gets most of the budget: the limit is nearly used up.
-        used = (
-            len(json.dumps(req.payload, ensure_ascii=False).encode())
-            if isinstance(req, ApnsRequest)
-            else sum(len(k.encode()) + len(v.encode()) for k, v in req.data.items())
-        )
-        assert used > (APNS_LIMIT if push_type != "ios-voip" else APNS_VOIP_LIMIT) - 40
+        if isinstance(req, ApnsRequest):
+            used = len(json.dumps(req.payload, ensure_ascii=False).encode())
+            limit = APNS_VOIP_LIMIT if push_type == "ios-voip" else APNS_LIMIT
+        else:
+            used, limit = fcm_size(req), FCM_LIMIT - FCM_RESERVE
+        assert used > limit - 40
 
 
 def test_voip_limit_is_larger() -> None:
@@ -608,7 +614,7 @@ def test_big_extras_reduce_payload_but_keep_text() -> None:
 
 
 def test_medium_text_keeps_a_prefix_of_the_message_in_the_payload() -> None:
-    text = "abc" * 300  # 900 bytes: fits the body, not twice more in the payload plus extras
+    text = "abc" * 200  # 600 bytes: fits the body (four times over FCM), not the whole payload too
     m = msg(message=text, extra={"blob": "y" * 3000})
     data = data_of(compose_message(m, Target("fcm"), now=NOW))
     assert data["body"] == text

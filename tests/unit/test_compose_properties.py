@@ -12,7 +12,7 @@ from bridge.compose import (
     APNS_LIMIT,
     APNS_VOIP_LIMIT,
     ELLIPSIS,
-    FCM_DATA_LIMIT,
+    FCM_LIMIT,
     NAME_MAX,
     Target,
     compose_invitation,
@@ -85,6 +85,26 @@ def messages(draw: st.DrawFn) -> Message:
     return Message.model_validate(raw)
 
 
+def fcm_bytes(req: FcmRequest) -> int:
+    """What FCM counts, as the issue measured it: data keys and values, notification title/body."""
+    data = sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in req.data.items())
+    note = req.notification or {}
+    return data + sum(len(note.get(k, "").encode("utf-8")) for k in ("title", "body"))
+
+
+def fcm_json(req: FcmRequest) -> bytes:
+    """The whole message but the token, platform blocks included, as compact UTF-8 JSON."""
+    blocks = {
+        "data": req.data,
+        "notification": req.notification,
+        "android": req.android,
+        "apns": req.apns,
+        "webpush": req.webpush,
+    }
+    present = {k: v for k, v in blocks.items() if v}
+    return json.dumps(present, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def check(req: ApnsRequest | FcmRequest) -> dict[str, str]:
     """The invariants of every composed push; returns its data block."""
     if isinstance(req, ApnsRequest):
@@ -100,11 +120,8 @@ def check(req: ApnsRequest | FcmRequest) -> dict[str, str]:
             assert len(req.collapse_id.encode("utf-8")) <= 64
     else:
         data = req.data
-        assert (
-            sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in data.items())
-            <= FCM_DATA_LIMIT
-        )
-        json.dumps([req.android, req.notification, req.webpush], ensure_ascii=False).encode("utf-8")
+        assert fcm_bytes(req) <= FCM_LIMIT
+        assert len(fcm_json(req)) <= FCM_LIMIT
     assert all(isinstance(v, str) for v in data.values())
     args = json.loads(data["loc-args"])
     assert isinstance(args, list) and all(isinstance(a, str) for a in args)
@@ -181,3 +198,64 @@ def test_invitation_and_summary_always_fit(
     assert len(json.loads(data["loc-args"])) == 2
     data = check(compose_summary(room_id, 3, target, now=0.0, room_name=room_name))
     assert json.loads(data["loc-args"]) == ["3"]
+
+
+#: The five languages, by the locales apps send.
+LOCALES = ("en-US", "zh-TW", "zh-CN", "ja", "ko-KR")
+#: Text as users write it in those languages, plus the characters that cost most in UTF-8/JSON.
+LOCALE_CHARS = st.one_of(
+    st.characters(codec="utf-8"),
+    st.sampled_from(["a", " ", "訊", "息", "あ", "ア", "한", "글", "😀", "\n", '"', "\\", "\x01"]),
+)
+#: Lengths from empty to far past any limit (a few thousand characters of 4-byte emoji).
+ANY_TEXT = st.builds(
+    lambda piece, n: (piece * n)[: n * 2],
+    st.text(LOCALE_CHARS, min_size=1, max_size=12),
+    st.integers(0, 3000),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    text=ANY_TEXT,
+    sender=ANY_TEXT,
+    room_name=st.one_of(st.none(), ANY_TEXT),
+    locale=st.sampled_from(LOCALES),
+    push_type=st.sampled_from(["ios", "ios-voip", "fcm", "android", "web"]),
+    message_type=st.sampled_from(["text", "image", "invitation", "summary"]),
+    badge=st.one_of(st.none(), st.integers(0, 10**6)),
+)
+def test_every_push_fits_its_provider_limit(
+    text: str,
+    sender: str,
+    room_name: str | None,
+    locale: str,
+    push_type: str,
+    message_type: str,
+    badge: int | None,
+) -> None:
+    """FCM: data + notification title/body ≤ 4096 (the whole message too); APNs ≤ 4096 / 5120."""
+    target = Target(push_type, locale, badge=badge)
+    if message_type == "invitation":
+        raw = {
+            "room": {"_id": "room-1", "name": room_name},
+            "inviter": {"_id": "u", "nickname": sender},
+        }
+        req = compose_invitation(Invitation.model_validate(raw), target, now=0.0)
+    elif message_type == "summary":
+        req = compose_summary("room-1", 12, target, now=0.0, room_name=room_name)
+    else:
+        m = {
+            "_id": "m-1",
+            "room": "room-1",
+            "messageType": message_type,
+            "message": text,
+            "sender": {"_id": "u", "nickname": sender},
+        }
+        req = compose_message(Message.model_validate(m), target, now=0.0, room_name=room_name)
+    if isinstance(req, FcmRequest):
+        assert fcm_bytes(req) <= FCM_LIMIT
+        assert len(fcm_json(req)) <= FCM_LIMIT
+    else:
+        limit = APNS_VOIP_LIMIT if push_type == "ios-voip" else APNS_LIMIT
+        assert len(json.dumps(req.payload, ensure_ascii=False).encode("utf-8")) <= limit

@@ -23,7 +23,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(f"BRIDGE_{name.upper()}", raising=False)
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (s.host, s.port, s.store, s.foreground_ttl, s.metrics_port) == ("127.0.0.1", 8080, "sqlite:///./bridge.db", 120, 9108)
-    assert s.push_provider_fallback == "log"
+    assert s.push_provider_fallback == "none"  # message text never goes to the log unless asked
 
 
 def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:

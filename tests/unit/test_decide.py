@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from bridge.decide import DeviceView, UserView, apply_mute, decide, dedupe_key
+from bridge.decide import DeviceView, Gap, UserView, already_handled, apply_mute, decide, remember
 from bridge.models import AppState, Reason
-from bridge.upstream.protocol import Invitation, LastRead, Message
+from bridge.upstream.protocol import CancelInvitation, Invitation, LastRead, Message
+from bridge.worker.dedupe import SeenMessages
 
 ME = "alice"
 
@@ -23,6 +24,35 @@ def inv(**kw: Any) -> Invitation:
     base: dict[str, Any] = {"room": {"_id": "r9", "name": "Party"}, "inviter": {"_id": "carol", "nickname": "Carol"}}
     base.update(kw)
     return Invitation.model_validate(base)
+
+
+class KeySeen:
+    """``decide``'s view of what was handled, from keys: ``m:<id>`` a message, ``s:<id>`` an AI
+    reply still streaming, ``i:<room>`` an invitation."""
+
+    def __init__(self, keys: set[str] | frozenset[str] = frozenset()) -> None:
+        self.keys = frozenset(keys)
+
+    def seen(self, room: str, msg_id: str, at_ms: int | None, *, gap: Gap | None = None) -> bool:
+        return f"m:{msg_id}" in self.keys
+
+    def streaming(self, msg_id: str) -> bool:
+        return f"s:{msg_id}" in self.keys
+
+    def invited(self, room: str) -> bool:
+        return f"i:{room}" in self.keys
+
+
+def real_seen(keys: set[str] | frozenset[str]) -> SeenMessages:
+    """The same keys as the pool would have recorded them (a placeholder before its final)."""
+    s = SeenMessages()
+    for key in sorted(keys, key=lambda k: "smi".index(k[0])):
+        kind, _, ident = key.partition(":")
+        if kind == "i":
+            s.add_invitation(ident)
+        else:
+            s.add("r1", ident, None, streaming=kind == "s")
+    return s
 
 
 BG = DeviceView(state=AppState.BACKGROUND)
@@ -45,6 +75,11 @@ CASES: list[tuple[str, str, Any, dict[str, Any], Reason]] = [
     ("edit of an unseen message", "chat message", msg(editedAt="2026-01-01T00:00:00Z"), {}, Reason.DUPLICATE),
     ("same invitation again", "invitation", inv(), {"seen": {"i:r9"}}, Reason.DUPLICATE),
     ("recall", "chat message", msg(_id="m2", messageType="recall"), {}, Reason.MESSAGE_TYPE_OFF),
+    ("AI reply still streaming", "chat message", msg(messageType="ai_streaming", message=""), {}, Reason.MESSAGE_TYPE_OFF),
+    ("AI reply update, seen streaming", "chat message", msg(messageType="ai_streaming"), {"seen": {"s:m1"}}, Reason.MESSAGE_TYPE_OFF),
+    ("AI reply finished after its placeholder", "chat message", msg(), {"seen": {"s:m1"}}, Reason.PUSHED),
+    ("AI reply finished, marked edited", "chat message", msg(editedAt="2026-01-01T00:00:00Z"), {"seen": {"s:m1"}}, Reason.PUSHED),
+    ("AI reply finished, already alerted", "chat message", msg(), {"seen": {"s:m1", "m:m1"}}, Reason.DUPLICATE),
     ("system type, off by default", "chat message", msg(messageType="joinRoom"), {}, Reason.MESSAGE_TYPE_OFF),
     ("system type, switched on", "chat message", msg(messageType="addMembers"), {"system_messages": True}, Reason.PUSHED),
     ("typing", "typing", {"room": "r1", "message": "x"}, {}, Reason.EVENT_NOT_PUSHED),
@@ -57,24 +92,77 @@ CASES: list[tuple[str, str, Any, dict[str, Any], Reason]] = [
 ]
 
 
+@pytest.mark.parametrize("store", ["keys", "SeenMessages"])
 @pytest.mark.parametrize(("name", "event", "payload", "kw", "expected"), CASES, ids=[c[0] for c in CASES])
-def test_decide(name: str, event: str, payload: Any, kw: dict[str, Any], expected: Reason) -> None:
+def test_decide(name: str, event: str, payload: Any, kw: dict[str, Any], expected: Reason, store: str) -> None:
+    keys = kw.get("seen", set())
     d = decide(
         event,
         payload,
         user=kw.get("user", USER),
         device=kw.get("device", BG),
-        seen=kw.get("seen", set()),
+        seen=KeySeen(keys) if store == "keys" else real_seen(keys),
         system_messages=kw.get("system_messages", False),
     )
     assert d.reason is expected
     assert d.push is (expected is Reason.PUSHED)
 
 
-def test_dedupe_keys() -> None:
-    assert dedupe_key("chat message", msg(_id="x")) == "m:x"
-    assert dedupe_key("invitation", inv()) == "i:r9"
-    assert dedupe_key("typing", {"room": "r"}) is None
+def decide_and_remember(event: str, payload: Any, seen: SeenMessages, gap: Gap | None = None) -> Reason:
+    """What the pool does with one event: decide, then remember it whatever the decision."""
+    reason = decide(event, payload, user=USER, device=BG, seen=seen, gap=gap).reason
+    remember(event, payload, seen, gap)
+    return reason
+
+
+def test_remembered_events_dedupe_resends_edits_and_recalls() -> None:
+    seen = SeenMessages()
+    t = {"createdAtMS": 1_760_000_000_000}
+    assert decide_and_remember("chat message", msg(**t), seen) is Reason.PUSHED
+    assert decide_and_remember("chat message", msg(**t), seen) is Reason.DUPLICATE  # re-send
+    edit = msg(editedAt="2026-01-01T00:00:00Z", updatedAtMS=1_760_000_060_000, **t)
+    assert decide_and_remember("chat message", edit, seen) is Reason.DUPLICATE
+    recall = msg(messageType="recall", updatedAtMS=1_760_000_090_000, **t)
+    assert decide_and_remember("chat message", recall, seen) is Reason.DUPLICATE
+    # Remembered whatever the decision: a foreground message's edit never alerts later either.
+    m2 = msg(_id="m2", createdAtMS=1_760_000_000_001)
+    assert decide("chat message", m2, user=USER, device=FG, seen=seen).reason is Reason.FOREGROUND
+    remember("chat message", m2, seen)
+    assert decide_and_remember("chat message", m2, seen) is Reason.DUPLICATE
+
+
+def test_an_ai_reply_is_pushed_once_after_its_placeholder() -> None:
+    seen = SeenMessages()
+    placeholder = msg(_id="ai1", messageType="ai_streaming", message="")
+    assert decide_and_remember("chat message", placeholder, seen) is Reason.MESSAGE_TYPE_OFF
+    assert already_handled("chat message", placeholder, seen)
+    partial = msg(_id="ai1", messageType="ai_streaming", message="Hel")
+    assert decide_and_remember("chat message", partial, seen) is Reason.MESSAGE_TYPE_OFF
+    final = msg(_id="ai1", message="Hello", editedAt="2026-01-01T00:00:00Z")
+    assert decide_and_remember("chat message", final, seen) is Reason.PUSHED
+    assert decide_and_remember("chat message", final, seen) is Reason.DUPLICATE
+
+
+def test_an_invitation_is_new_again_after_its_cancel() -> None:
+    seen = SeenMessages()
+    assert decide_and_remember("invitation", inv(), seen) is Reason.PUSHED
+    assert decide_and_remember("invitation", inv(), seen) is Reason.DUPLICATE
+    cancel = CancelInvitation.model_validate({"room": "r9"})
+    assert decide_and_remember("cancelInvitation", cancel, seen) is Reason.EVENT_NOT_PUSHED
+    assert decide_and_remember("invitation", inv(), seen) is Reason.PUSHED
+    assert not already_handled("typing", {"room": "r9"}, seen)
+
+
+def test_a_backfilled_gap_message_is_new_though_live_traffic_moved_past_it() -> None:
+    seen = SeenMessages()
+    t0 = 1_760_000_000_000
+    for i in range(20):  # live after the reconnect at t0 + 600 s: the window moves past the gap
+        remember("chat message", msg(_id=f"live{i}", createdAtMS=t0 + 600_000 + i), seen)
+    missed = msg(_id="gap1", createdAtMS=t0 + 1_000)
+    assert decide("chat message", missed, user=USER, device=BG, seen=seen).reason is Reason.DUPLICATE
+    gap = (t0, t0 + 600_000)
+    assert decide_and_remember("chat message", missed, seen, gap) is Reason.PUSHED
+    assert decide_and_remember("chat message", missed, seen, gap) is Reason.DUPLICATE
 
 
 @pytest.mark.parametrize(

@@ -101,8 +101,8 @@ class Harness:
         self.results[n.push_id] = result
         self.result_count += 1
 
-    async def _on_invalid(self, n: Notification, reason: str) -> None:
-        self.invalid.append((n.push_id, reason))
+    async def _on_invalid(self, n: Notification, result: TokenInvalid) -> None:
+        self.invalid.append((n.push_id, result.reason))
 
     def value(self, name: str, **labels: str) -> float:
         v = self.metrics.registry.get_sample_value(name, labels)
@@ -203,6 +203,33 @@ async def test_retries_exhausted(make: Callable[..., Harness]) -> None:
     assert h.value("bridge_pushes_total", provider="apns", outcome="retry") == 3
     assert h.value("bridge_pushes_dropped_total", provider="apns", reason="retries_exhausted") == 1
     assert h.value("bridge_push_latency_seconds_count", provider="apns") == 0
+
+
+async def test_a_push_given_up_after_retries_releases_its_claim(
+    make: Callable[..., Harness],
+) -> None:
+    claims = MemoryClaims()
+    apns = FakeProvider(default=Retry("503"))
+    h = make(apns, max_attempts=2, claims=claims)
+    await h.d.start()
+    await h.d.submit(note("p1"))
+    assert await h.d.drain(5)
+    assert h.results == {"p1": Failed("retries_exhausted")}
+    # Never delivered: a later try of the same push (a backfill elsewhere) must not be refused.
+    assert await claims.claim("p1", ttl=10)
+
+
+async def test_final_answers_keep_their_claims(make: Callable[..., Harness]) -> None:
+    claims = MemoryClaims()
+    apns = FakeProvider(script=[DELIVERED, TokenInvalid("Unregistered"), Failed("PayloadTooLarge")])
+    h = make(apns, concurrency=1, claims=claims)
+    await h.d.start()
+    for push_id in ("ok", "dead", "bad"):
+        await h.d.submit(note(push_id))
+    assert await h.d.drain(5)
+    assert [type(h.results[p]) for p in ("ok", "dead", "bad")] == [Delivered, TokenInvalid, Failed]
+    for push_id in ("ok", "dead", "bad"):
+        assert not await claims.claim(push_id, ttl=10)
 
 
 async def test_retry_after_is_honoured(make: Callable[..., Harness]) -> None:
@@ -368,7 +395,7 @@ async def test_callback_errors_do_not_stop_the_workers(make: Callable[..., Harne
         seen.append(n.push_id)
         raise RuntimeError("handler bug")
 
-    async def bad_invalid(n: Notification, reason: str) -> None:
+    async def bad_invalid(n: Notification, result: TokenInvalid) -> None:
         raise RuntimeError("store down")
 
     metrics = Metrics()
@@ -503,7 +530,7 @@ async def test_close_drains_first_and_refuses_new_work(make: Callable[..., Harne
         await h.d.start()
 
 
-async def test_close_cancels_the_rest_and_releases_unsent_claims(
+async def test_close_cancels_the_rest_and_releases_their_claims(
     make: Callable[..., Harness],
 ) -> None:
     claims = MemoryClaims()
@@ -523,9 +550,11 @@ async def test_close_cancels_the_rest_and_releases_unsent_claims(
     assert h.results == {}  # not final: handed back, not reported
     assert h.value("bridge_pushes_dropped_total", provider="apns", reason="shutdown") == 3
     assert h.d.depth == 0 and h.value("bridge_push_queue_depth") == 0
-    assert await claims.claim("queued", ttl=10)  # never sent: another worker may send it
-    assert not await claims.claim("held", ttl=10)  # may have gone out
-    assert not await claims.claim("retrying", ttl=10)
+    # Not delivered as far as anyone knows: whoever takes the device over may send them. A
+    # claim kept for "retrying" would make the next owner's backfill drop that push for a day.
+    assert await claims.claim("queued", ttl=10)
+    assert await claims.claim("retrying", ttl=10)
+    assert await claims.claim("held", ttl=10)  # unanswered after the whole drain
 
 
 async def test_close_wakes_blocked_producers(make: Callable[..., Harness]) -> None:

@@ -77,6 +77,41 @@ def test_invitation_and_room_variants() -> None:
     assert isinstance(partial, RoomEvent) and partial.room.muted is None
 
 
+@pytest.mark.parametrize("raw", [{"room": "r7", "memberProperty": {"role": "member"}}, encode_payload({"room": "r7"})])
+def test_legacy_room_event_with_a_room_id(raw: Any) -> None:
+    # The legacy {room, memberProperty} shape may name the room by its id only: a room event, not malformed.
+    event = parse_event("room", raw)
+    assert isinstance(event, RoomEvent) and event.room.id == "r7" and event.room.muted is None
+
+
+@pytest.mark.parametrize("bad", [{"room": ""}, {"room": None}, {"room": True}, {"memberProperty": {}}])
+def test_room_event_without_a_room_is_malformed(bad: Any) -> None:
+    with pytest.raises(DecodeError):
+        parse_event("room", bad)
+
+
+ISO_ONLY = {k: v for k, v in SAMPLE.items() if k != "messageTimeMS"}
+
+
+@pytest.mark.parametrize(
+    ("patch", "version"),
+    [
+        ({}, 1545461549380),  # messageTime only
+        ({"createdAt": "2018-12-22T06:52:30Z"}, 1545461550000),
+        ({"updatedAt": "2018-12-22T06:53:00.5+00:00", "createdAt": "2018-12-22T06:52:30Z"}, 1545461580500),
+        ({"updatedAt": "2018-12-22T14:53:00+08:00"}, 1545461580000),  # an offset other than UTC
+        ({"updatedAt": "2018-12-22T06:53:00"}, 1545461580000),  # no offset: UTC
+        ({"updatedAtMS": "2018-12-22T06:53:00Z"}, 1545461580000),  # an ISO string in an MS field
+        ({"updatedAtMS": 1545461599999, "updatedAt": "2018-12-22T06:53:00Z"}, 1545461599999),  # MS wins
+        ({"messageTime": "not a time"}, 0),
+        ({"messageTime": "99999-01-01T00:00:00Z"}, 0),
+    ],
+)
+def test_iso_only_timestamps_give_the_version(patch: dict[str, Any], version: int) -> None:
+    m = parse_event("chat message", {**ISO_ONLY, **patch})
+    assert isinstance(m, Message) and m.version_ms == version
+
+
 def test_my_pref_delete_bare_key() -> None:
     assert parse_event("myPrefDelete", base64.b64encode(b"demokey").decode()) == "demokey"
     assert parse_event("myPrefDelete", "demokey") == "demokey"
@@ -92,7 +127,7 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5),
     max_leaves=30,
 )
-field_names = st.sampled_from(["_id", "id", "room", "sender", "message", "messageType", "extra", "mentions", "updatedAtMS", "inviter", "roomID", "memberID", "muted", "editedAt"])
+field_names = st.sampled_from(["_id", "id", "room", "sender", "message", "messageType", "extra", "mentions", "updatedAtMS", "updatedAt", "createdAt", "messageTime", "inviter", "roomID", "memberID", "muted", "editedAt"])
 shaped = st.dictionaries(field_names, json_values, max_size=8)
 
 

@@ -1,0 +1,100 @@
+"""Garbage-collector settings for a process holding many long-lived objects (issue 12).
+
+A worker keeps thousands of sessions, each a few hundred objects that live as long as the device
+does. CPython's collector walks all of them in every full collection (1.7-2.3 s pauses at 10,000
+sessions) and often, as the default thresholds are tuned for short-lived objects. So the process
+that runs workers (``serve``, ``worker``; never tests or the ``api`` role):
+
+* raises the thresholds (:data:`THRESHOLDS`): young collections every 50,000 allocations, so a
+  burst of events does not promote its temporary objects, and fewer full collections;
+* freezes the heap (``gc.freeze()``: what is alive now is never walked again) once the pool has
+  opened its devices, and again whenever the live sessions have grown by a large step since the
+  last freeze (start-up connects over seconds; a hand-over or a large reconcile adds devices).
+
+The cost: garbage in reference cycles among frozen objects (a device removed later, say) is not
+reclaimed by the collector; reference counting still frees everything else. ``BRIDGE_GC_FREEZE=
+false`` turns all of this off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import Callable
+
+from bridge.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: ``gc.set_threshold`` for a worker process (the defaults are ``(700, 10, 10)``).
+THRESHOLDS = (50_000, 20, 100)
+#: Freeze again when the live sessions grew by this many since the last freeze...
+MIN_GROWTH = 1_000
+#: ... and by this share of them.
+GROWTH_RATIO = 0.25
+#: Seconds between looks at the session count.
+INTERVAL = 5.0
+
+
+class HeapFreezer:
+    """Freezes the heap after start-up and after each large growth of ``count()``."""
+
+    def __init__(self, *, min_growth: int = MIN_GROWTH, ratio: float = GROWTH_RATIO) -> None:
+        self._min_growth = min_growth
+        self._ratio = ratio
+        #: ``count()`` at the last freeze.
+        self.frozen_at = 0
+        self.freezes = 0
+
+    def freeze(self, count: int, why: str) -> None:
+        # The youngest garbage is collected first (cheap: at most one threshold's worth of
+        # objects) so little of it is frozen with the live heap; a collection of generation 1
+        # (up to 20 x 50,000 objects) would itself be a pause of hundreds of ms.
+        gc.collect(0)
+        gc.freeze()
+        self.frozen_at = count
+        self.freezes += 1
+        log.info("heap frozen", extra={"why": why, "sessions": count, "frozen_objects": gc.get_freeze_count()})
+
+    def maybe_freeze(self, count: int) -> bool:
+        """Freeze if ``count`` grew by a large step since the last freeze."""
+        if count < self.frozen_at + max(self._min_growth, int(self.frozen_at * self._ratio)):
+            return False
+        self.freeze(count, "sessions grew")
+        return True
+
+    async def watch(self, count: Callable[[], int], interval: float = INTERVAL) -> None:
+        """Look at ``count()`` every ``interval`` seconds, for ever (cancel to stop)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.maybe_freeze(count())
+            except Exception:  # a tuning aid must never take the worker down
+                log.exception("heap freeze failed")
+
+
+_freezer: HeapFreezer | None = None
+
+
+def configure(settings: Settings) -> HeapFreezer | None:
+    """Tune this process's collector (called by the CLI's ``serve``/``worker``, never on import).
+
+    Returns the freezer :class:`bridge.runtime.Bridge` uses after start-up, or None when
+    ``BRIDGE_GC_FREEZE`` is off.
+    """
+    global _freezer
+    if not settings.gc_freeze:
+        _freezer = None
+        return None
+    gc.set_threshold(*THRESHOLDS)
+    _freezer = HeapFreezer()
+    return _freezer
+
+
+def freezer() -> HeapFreezer | None:
+    """The process's freezer, if :func:`configure` turned tuning on."""
+    return _freezer
+
+
+__all__ = ["THRESHOLDS", "HeapFreezer", "configure", "freezer"]

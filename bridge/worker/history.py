@@ -1,0 +1,204 @@
+"""A device's last events for "why no push?", kept compactly.
+
+The same answer as a ``deque`` of 50 ``EventRecord`` objects (``GET /me/devices/{id}``: newest
+first, ``at``, ``event``, ``id``, ``room``, ``decision``, ``reason``, ``source``, ``results``),
+stored as columns of a ring: the times in an ``array`` of doubles, the decisions in a
+``bytearray``, and one list holding references to the strings of each event (its name, message id
+and room are the event object's own strings, not copies; names are mapped to shared constants).
+What a push adds (push ids, provider results) is held in a tuple created only when a push
+happens; a provider result is a slotted :class:`ProviderResult`, turned into a dict only when
+asked. Full, 50 events cost a few KiB and a handful of objects instead of 150.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any
+
+from bridge.push.provider import Delivered, Retry, SendResult, TokenInvalid
+from bridge.upstream.protocol import EVENTS
+
+#: Events kept per device.
+HISTORY_SIZE = 50
+
+# Event names arrive as a new string per packet: keep the module's constant instead.
+_NAMES: dict[str, str] = {name: name for name in (*EVENTS, "summary")}
+
+# Per event in ``History._rows``: name, message id, room, reason, source, and its pushes: None
+# (most events are never pushed), or a tuple of push ids (str) and results (ProviderResult) in the
+# order they came.
+_WIDTH = 6
+_PUSHES = 5
+
+
+class ProviderResult:
+    """A provider's answer to one push (or the bridge's own, for a push never sent), as the API
+    shows it (no token): ``type``, then ``provider`` and ``at`` when it reached a provider,
+    ``outcome``, ``id`` (delivered) or ``reason``, and ``latency`` (seconds) when known."""
+
+    __slots__ = ("push_type", "outcome", "provider", "at", "detail_key", "detail", "latency")
+
+    def __init__(
+        self,
+        push_type: str,
+        outcome: str,
+        *,
+        provider: str | None = None,
+        at: float | None = None,
+        detail_key: str | None = None,
+        detail: str | None = None,
+        latency: float | None = None,
+    ) -> None:
+        self.push_type = push_type
+        self.outcome = outcome
+        self.provider = provider
+        self.at = at
+        #: "id" or "reason": the key ``detail`` is shown under (absent when None).
+        self.detail_key = detail_key
+        self.detail = detail
+        self.latency = latency
+
+    @classmethod
+    def of(
+        cls, push_type: str, provider: str, result: SendResult, *, at: float, latency: float
+    ) -> ProviderResult:
+        """A provider's final answer; ``at`` is the wall-clock time, ``latency`` is rounded to 0.1 ms."""
+        if isinstance(result, Delivered):
+            outcome, key, detail = "delivered", "id", result.provider_id
+        elif isinstance(result, Retry):
+            outcome, key, detail = "retry", "reason", result.reason
+        elif isinstance(result, TokenInvalid):
+            outcome, key, detail = "token_invalid", "reason", result.reason
+        else:
+            outcome, key, detail = "failed", "reason", result.reason
+        return cls(
+            push_type, outcome, provider=provider, at=at, detail_key=key, detail=detail,
+            latency=round(latency, 4),
+        )
+
+    @classmethod
+    def local(cls, push_type: str, outcome: str, reason: str | None = None) -> ProviderResult:
+        """A push that never reached a provider: ``failed``/``compose_error``, ``duplicate``."""
+        return cls(push_type, outcome, detail_key=None if reason is None else "reason", detail=reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The API's shape, keys in the order the API has always used."""
+        out: dict[str, Any] = {"type": self.push_type}
+        if self.provider is not None:
+            out["provider"] = self.provider
+            out["at"] = self.at
+        out["outcome"] = self.outcome
+        if self.detail_key is not None:
+            out[self.detail_key] = self.detail
+        if self.latency is not None:
+            out["latency"] = self.latency
+        return out
+
+
+class History:
+    """The last :data:`HISTORY_SIZE` events of one device, with their decisions and results.
+
+    :meth:`add` returns a ticket for the event, with which the pushes it causes attach their ids
+    (:meth:`add_push`) and local failures (:meth:`add_result`); :meth:`record_result` attaches a
+    provider's answer to the newest event holding that push id. A ticket whose event has since
+    been pushed out of the ring is ignored, as an ``EventRecord`` dropped from a ``deque`` was.
+    """
+
+    __slots__ = ("_size", "_count", "_at", "_pushed", "_rows", "_last")
+
+    def __init__(self, size: int = HISTORY_SIZE) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self._size = size
+        #: Events added so far; event number ``n`` lives in slot ``n % size``.
+        self._count = 0
+        self._at = array("d")
+        self._pushed = bytearray()
+        self._rows: list[Any] = []
+        self._last: ProviderResult | None = None
+
+    def __len__(self) -> int:
+        return min(self._count, self._size)
+
+    def add(
+        self,
+        at: float,
+        event: str,
+        msg_id: str | None,
+        room: str | None,
+        *,
+        pushed: bool,
+        reason: str,
+        source: str = "live",
+    ) -> int:
+        """Record one event (``at``: epoch seconds); returns its ticket."""
+        ticket = self._count
+        row = (_NAMES.get(event, event), msg_id, room, reason, source, None)
+        if ticket < self._size:
+            self._at.append(at)
+            self._pushed.append(pushed)
+            self._rows.extend(row)
+        else:
+            slot = ticket % self._size
+            self._at[slot] = at
+            self._pushed[slot] = pushed
+            self._rows[slot * _WIDTH : (slot + 1) * _WIDTH] = row
+        self._count = ticket + 1
+        return ticket
+
+    def add_push(self, ticket: int, push_id: str) -> None:
+        """A push of the event was handed to the dispatcher."""
+        self._append(ticket, push_id)
+
+    def add_result(self, ticket: int, result: ProviderResult) -> None:
+        """A result known without a provider (compose error, duplicate push id)."""
+        self._append(ticket, result)
+
+    def record_result(self, push_id: str, result: ProviderResult) -> bool:
+        """A provider's answer: it becomes the last result, and joins the newest event that holds
+        ``push_id`` (False when none does any more)."""
+        self._last = result
+        rows = self._rows
+        for n in range(self._count - 1, self._count - len(self) - 1, -1):
+            i = (n % self._size) * _WIDTH + _PUSHES
+            pushes = rows[i]
+            if pushes is not None and push_id in pushes:
+                rows[i] = (*pushes, result)
+                return True
+        return False
+
+    @property
+    def last_result(self) -> dict[str, Any] | None:
+        """The last provider answer (``lastProviderResult``), or None."""
+        return None if self._last is None else self._last.as_dict()
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """The events, newest first, as ``GET /me/devices/{id}`` shows them."""
+        out: list[dict[str, Any]] = []
+        rows = self._rows
+        for n in range(self._count - 1, self._count - len(self) - 1, -1):
+            slot = n % self._size
+            event, msg_id, room, reason, source, pushes = rows[slot * _WIDTH : (slot + 1) * _WIDTH]
+            out.append(
+                {
+                    "at": self._at[slot],
+                    "event": event,
+                    "id": msg_id,
+                    "room": room,
+                    "decision": "pushed" if self._pushed[slot] else "suppressed",
+                    "reason": reason,
+                    "source": source,
+                    "results": [
+                        r.as_dict() for r in pushes or () if isinstance(r, ProviderResult)
+                    ],
+                }
+            )
+        return out
+
+    def _append(self, ticket: int, item: str | ProviderResult) -> None:
+        if self._count - len(self) <= ticket < self._count:
+            i = (ticket % self._size) * _WIDTH + _PUSHES
+            self._rows[i] = (*(self._rows[i] or ()), item)
+
+
+__all__ = ["HISTORY_SIZE", "History", "ProviderResult"]

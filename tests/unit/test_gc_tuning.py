@@ -1,0 +1,46 @@
+"""bridge.gc_tuning: the collector is tuned only when asked, and the heap frozen in large steps."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from bridge import gc_tuning
+from bridge.config import Settings
+from bridge.gc_tuning import HeapFreezer
+
+
+@pytest.fixture(autouse=True)
+def restore_gc() -> Iterator[None]:
+    thresholds = gc.get_threshold()
+    yield
+    gc.set_threshold(*thresholds)
+    gc.unfreeze()
+    gc_tuning._freezer = None
+
+
+def test_off_leaves_the_collector_alone() -> None:
+    before = gc.get_threshold()
+    assert gc_tuning.configure(Settings(gc_freeze=False)) is None
+    assert gc.get_threshold() == before
+    assert gc_tuning.freezer() is None
+
+
+def test_on_raises_the_thresholds() -> None:
+    freezer = gc_tuning.configure(Settings(gc_freeze=True))
+    assert freezer is not None and gc_tuning.freezer() is freezer
+    assert gc.get_threshold() == gc_tuning.THRESHOLDS
+
+
+def test_freezes_after_start_up_then_only_after_large_growth() -> None:
+    f = HeapFreezer(min_growth=1_000, ratio=0.25)
+    f.freeze(2_000, "pool started")
+    assert f.freezes == 1 and gc.get_freeze_count() > 0
+    assert not f.maybe_freeze(2_999)  # +999: below the minimum step
+    assert f.maybe_freeze(8_000)
+    assert not f.maybe_freeze(9_999)  # 25% of 8,000 is 2,000: more than the minimum step
+    assert f.maybe_freeze(10_000)
+    assert not f.maybe_freeze(100)  # devices leaving: nothing to do
+    assert f.freezes == 3 and f.frozen_at == 10_000
