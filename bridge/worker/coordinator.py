@@ -13,9 +13,11 @@ lapse (which would make the others take its devices, and the devices flap betwee
 
 While Redis is unreachable nothing changes hands: open sessions stay open and keep pushing with
 their cached state, and the coordinator tries again every tick. When this worker's own heartbeat
-had lapsed (start-up, a long outage, Redis restarted empty) it renews and hands over at once but
-waits :data:`SETTLE_TICKS` before taking new devices, so a member list that the other workers
-have not re-joined yet does not make it grab their devices (and make them reconnect).
+had lapsed (start-up, a long outage, Redis restarted empty), or its last step failed (another
+worker's heartbeat may have lapsed during the outage while ours survived), it renews and hands
+over at once but waits :data:`SETTLE_TICKS` before taking new devices, so a member list that the
+other workers have not re-joined yet does not make it grab their devices (and make them
+reconnect).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class ShardCoordinator:
         self._lock = asyncio.Lock()
         self._closed = False
         self._settle_until = 0.0
+        self._step_failed = False
         # Owner of each device under ``_owners_members`` (recomputed when the members change).
         self._owners: dict[str, str | None] = {}
         self._owners_members: list[str] = []
@@ -117,6 +120,12 @@ class ShardCoordinator:
         async with self._lock:
             if self._closed:
                 return
+            if self._step_failed:
+                # The last step failed (Redis out of reach): the other workers' heartbeats may
+                # have lapsed meanwhile, ours surviving by a moment, and they are no less alive.
+                # Take nothing new until they had a tick or two to beat again.
+                self._settle_until = max(self._settle_until, time.monotonic() + SETTLE_TICKS * self._tick)
+            self._step_failed = True  # until this step gets to its end
             # Renew first: a failing store (device_ids) must not let our leases lapse.
             await self._keepalive()
             # Lost leases, and any session open without a lease (e.g. the pool opened it itself).
@@ -144,6 +153,7 @@ class ShardCoordinator:
             # Newly taken, plus held ones whose adopt failed earlier or whose session the pool closed.
             await self._adopt_all((self._leases.held & wanted) - self._pool.owned())
             self._report()
+            self._step_failed = False
 
     async def on_device_change(self, device_id: str) -> None:
         """A device appeared (or changed) in the change feed: adopt it now if this worker wins it.
@@ -173,6 +183,7 @@ class ShardCoordinator:
             started = time.monotonic()
             try:
                 await self.step()
+                _raise_if_cancelled()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -191,6 +202,7 @@ class ShardCoordinator:
                 self.healthy = True
                 self.last_step_ok = time.monotonic()
             await asyncio.sleep(max(0.0, self._tick - (time.monotonic() - started)))
+            _raise_if_cancelled()
 
     async def close(self) -> None:
         """Close every session, release every lease and leave the membership. Idempotent.
@@ -303,3 +315,15 @@ class ShardCoordinator:
     def _report(self) -> None:
         if self._metrics is not None:
             self._metrics.worker_devices.labels(worker=self.worker_id).set(len(self._pool.owned()))
+
+
+def _raise_if_cancelled() -> None:
+    """Stop if this task was asked to although no CancelledError came out of the awaits.
+
+    A cancellation can be swallowed on the way (Python 3.11's ``wait_for``, used inside the
+    libraries, returns the result instead when the awaited call completes at the same moment):
+    the loop would then run on for ever and its owner wait on it at shutdown.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -60,9 +60,10 @@ class ProviderResult:
 
     @classmethod
     def of(
-        cls, push_type: str, provider: str, result: SendResult, *, at: float, latency: float
+        cls, push_type: str, provider: str, result: SendResult, *, at: float, latency: float | None
     ) -> ProviderResult:
-        """A provider's final answer; ``at`` is the wall-clock time, ``latency`` is rounded to 0.1 ms."""
+        """A provider's answer; ``at`` is the wall-clock time, ``latency`` is rounded to 0.1 ms
+        (None: not shown, as for a test push answered at once)."""
         if isinstance(result, Delivered):
             outcome, key, detail = "delivered", "id", result.provider_id
         elif isinstance(result, Retry):
@@ -73,7 +74,7 @@ class ProviderResult:
             outcome, key, detail = "failed", "reason", result.reason
         return cls(
             push_type, outcome, provider=provider, at=at, detail_key=key, detail=detail,
-            latency=round(latency, 4),
+            latency=None if latency is None else round(latency, 4),
         )
 
     @classmethod

@@ -27,7 +27,7 @@ from bridge.decide import DeviceView, Gap, UserView, apply_mute, decide, remembe
 from bridge.metrics import Metrics
 from bridge.models import ApnsRequest, AppState, Device, Notification, Reason, SessionState
 from bridge.push.dispatcher import Dispatcher
-from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
+from bridge.push.provider import Retry, SendResult, TokenInvalid
 from bridge.store.base import Store, StoreUnavailable
 from bridge.upstream.protocol import (
     CancelInvitation,
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 #: A user's mute list and badge are refetched at (re)connect when older than this.
 USER_REFRESH_MIN_AGE = 5.0
+#: At a hand-over, how long the old owner waits for the answers to the pushes it sent before
+#: writing the checkpoint the next owner backfills from (a push waiting for a retry holds no more).
+HANDOVER_DRAIN = 2.0
 #: Rooms whose last message id is kept per device, as anchors for the backfill.
 MAX_ANCHORS = 64
 
@@ -101,6 +104,8 @@ class DeviceRuntime:
     gap_ms: int | None = None
     #: Counts the session's connects: a backfill retry of an older one gives way to a newer one.
     live_gen: int = 0
+    #: Set when ``pending`` empties, while a hand-over waits for that (see :meth:`WorkerPool.drop`).
+    drained: asyncio.Event | None = None
 
     def note_message(self, msg: Message) -> None:
         if self.high_water is None or msg.version_ms >= self.high_water[0]:
@@ -124,17 +129,8 @@ class DeviceRuntime:
 
 
 def result_dict(n: Notification, result: SendResult) -> dict[str, Any]:
-    """A provider's answer as shown by the API (no token)."""
-    out: dict[str, Any] = {"type": n.push_type, "provider": n.provider, "at": time.time()}
-    if isinstance(result, Delivered):
-        out.update(outcome="delivered", id=result.provider_id)
-    elif isinstance(result, Retry):
-        out.update(outcome="retry", reason=result.reason)
-    elif isinstance(result, TokenInvalid):
-        out.update(outcome="token_invalid", reason=result.reason)
-    elif isinstance(result, Failed):
-        out.update(outcome="failed", reason=result.reason)
-    return out
+    """A provider's answer as shown by the API (no token), without a latency."""
+    return ProviderResult.of(n.push_type, n.provider, result, at=time.time(), latency=None).as_dict()
 
 
 class WorkerPool:
@@ -440,11 +436,24 @@ class WorkerPool:
             await self._load(device_id)
 
     async def drop(self, device_id: str) -> None:
-        """Close the device's session after saving its checkpoint (hand-over). Idempotent."""
-        rt = self._runtimes.get(device_id)
-        if rt is not None:
+        """Hand the device over: close its session, let the pushes sent for it be answered (up to
+        :data:`HANDOVER_DRAIN` seconds), save the checkpoint, forget the device. Idempotent.
+
+        Waiting for the answers makes the checkpoint exact: the next owner's backfill starts after
+        the last push sent here instead of sending it again, which only the Redis claims would
+        stop, and they are out of reach during a Redis outage.
+        """
+        async with self._device_lock(device_id):
+            rt = self._runtimes.get(device_id)
+            if rt is None:
+                return
+            await self._stop_session(rt)  # no new event, so no new push, from here on
+            if rt.pending:
+                rt.drained = asyncio.Event()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(rt.drained.wait(), HANDOVER_DRAIN)
             await self._save_checkpoint(rt)
-        await self._remove(device_id)
+            await self._remove_locked(device_id)
 
     def owned(self) -> set[str]:
         """Ids of the devices with a session in this worker."""
@@ -884,6 +893,8 @@ class WorkerPool:
         rt.history.record_result(n.push_id, answer)
         if not isinstance(result, Retry):
             rt.pending.pop(n.push_id, None)
+            if not rt.pending and rt.drained is not None:
+                rt.drained.set()  # a hand-over waits for this (drop)
         self._status_dirty.add(n.device_id)
 
     async def flush_checkpoints(self) -> None:

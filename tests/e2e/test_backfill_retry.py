@@ -1,9 +1,13 @@
-"""A backfill that IMKIT cannot serve is retried, and the checkpoint waits for it.
+"""The checkpoint a device hands on: exact at a hand-over, and never past a gap not backfilled.
 
-Found while chasing the lost push of issue 11: after a gap (a reconnect, or a hand-over to another
-worker), a backfill that failed once (IMKIT timing out under load) was skipped for good, and the
-live events that followed moved the checkpoint past the gap, so neither this worker nor the
-device's next owner ever pushed what the gap held.
+Found while chasing the lost push of issue 11:
+
+- after a gap (a reconnect, or a hand-over to another worker) a backfill that failed once (IMKIT
+  timing out under load) was skipped for good, and the live events that followed moved the
+  checkpoint past the gap, so neither this worker nor the device's next owner pushed what it held;
+- a hand-over saved the checkpoint before the last pushes were answered, so the next owner's
+  backfill fetched them again and only the Redis claims kept them from going out twice: during a
+  Redis outage they went out twice.
 """
 
 from __future__ import annotations
@@ -65,3 +69,23 @@ async def test_failed_backfill_is_retried_and_holds_the_checkpoint(stack: Stack)
         return device is not None and (device.checkpoint_ms or 0) >= Message.model_validate(after).version_ms
 
     await wait_for(checkpoint_moved, 10, interval=0.1, message="checkpoint past the backfilled gap")
+
+
+async def test_hand_over_waits_for_the_answers_so_the_checkpoint_is_exact(stack: Stack) -> None:
+    im = stack.imkit
+    bridge = stack.bridge.bridge
+    pool = bridge.pool
+    assert pool is not None
+    await stack.subscribe("iphone", "ios", IOS)
+    await stack.wait_live("iphone")
+    stack.apns.script(IOS, stall=0.5, times=1)  # Apple is slow to answer this one
+    msg = await im.send_message("r1", "bob", "in flight at the hand-over")
+    await wait_for(lambda: len(stack.apns.received) == 1, 10, message="the push reached APNs")
+
+    await pool.drop("iphone")  # the shard coordinator hands the device to another worker
+
+    stored = await bridge.store.get_device("iphone")
+    assert stored is not None
+    # Past the push sent here: the next owner's backfill starts after it, claims or no claims.
+    assert stored.checkpoint_ms == Message.model_validate(msg).version_ms
+    assert pushed_ids(stack) == [msg["_id"]]

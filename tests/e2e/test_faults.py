@@ -131,10 +131,17 @@ async def test_reconnect_storm_respects_the_connect_rate(stack: Stack) -> None:
     im.connect_times.clear()
     await im.drop_all_sockets()
     await wait_for(lambda: im.live_sockets() == len(users), 20, message="all live again")
-    # BRIDGE_CONNECT_RATE=50/s with a burst of 10 (see stack_options of this test): a token
-    # bucket admits at most burst + rate x 1 s in any 1-second window (+1: the window is closed).
-    assert im.peak_connect_rate(1.0) <= 50 + 10 + 1
-    assert len(im.connect_times) >= len(users)
+    # BRIDGE_CONNECT_RATE=50/s with a burst of 10 (see stack_options of this test): the bridge's
+    # token bucket grants at most burst + rate x 1 s in any 1-second window (+1: the window is
+    # closed). IMKIT sees each grant a little later, after the handshake, and a busy loop delays
+    # some handshakes more than others, squeezing grants up to JITTER apart into one window.
+    # Unthrottled, all 120 would land within a fraction of a second.
+    jitter = 0.25
+    assert im.peak_connect_rate(1.0) <= 10 + 50 * (1 + jitter) + 1
+    times = sorted(im.connect_times)
+    assert len(times) >= len(users)
+    # ... and the storm as a whole is spread over (120 - burst) / rate = 2.2 s, jitter aside.
+    assert times[len(users) - 1] - times[0] >= (len(users) - 10) / 50 - jitter
 
 
 test_reconnect_storm_respects_the_connect_rate = pytest.mark.parametrize(

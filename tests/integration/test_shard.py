@@ -734,3 +734,62 @@ async def test_leases_and_heartbeat_stay_alive_during_a_slow_hand_over(redis: Re
         with contextlib.suppress(asyncio.CancelledError):
             await step
         await coord.close()
+
+
+async def test_a_redis_outage_does_not_hand_over_a_slower_peers_devices(
+    redis_server_factory: Callable[..., RedisServer],  # noqa: F811 - a pytest fixture
+) -> None:
+    """Redis comes back from an outage; one worker's heartbeat and leases lapsed meanwhile while
+    another's survived (written a moment later), and the surviving one steps first. It must not
+    take the other's devices: that one is alive, only Redis was not (issue 11's hand-over test)."""
+    server = redis_server_factory(appendonly=True)  # keys and their deadlines survive the restart
+    client = Redis.from_url(server.url)
+    ledger = Ledger()
+    ids = [f"d{i}" for i in range(40)]
+
+    async def list_ids() -> list[str]:
+        return list(ids)
+
+    pools = {n: FakePool(n, ledger) for n in ("first", "late")}
+    coords = {
+        n: ShardCoordinator(
+            pools[n],
+            membership=Membership(client, n, ttl=30),
+            leases=Leases(client, n, ttl=30),
+            device_ids=list_ids,
+            tick=0.1,
+        )
+        for n in pools
+    }
+    first, late = coords["first"], coords["late"]
+    for coord in coords.values():
+        await coord.step()
+    for coord in coords.values():
+        coord._settle_until = 0.0  # skip the start-up pause; its effect is tested elsewhere
+        await coord.step()
+    before = {n: set(p.sessions) for n, p in pools.items()}
+    assert before["first"] and before["late"] and not before["first"] & before["late"]
+    try:
+        # "late" wrote its heartbeat and leases longest ago: they ran out during the outage.
+        for key in [WORKER_PREFIX + "late", *(LEASE_PREFIX + d for d in before["late"])]:
+            await expire_now(client, key)
+        await asyncio.to_thread(server.stop)
+        with pytest.raises(RedisConnectionError):
+            await first.step()
+        await asyncio.to_thread(server.start)  # "first" keeps its heartbeat, "late" is unseen
+
+        await first.step()  # the first step after the outage, before "late" could beat again
+        assert pools["first"].sessions == before["first"]
+        await late.step()  # back: it re-takes its own lapsed leases, nobody else held them
+        await wait_for(lambda: not first.settling, timeout=5.0)
+        late._settle_until = 0.0
+        for coord in coords.values():
+            await coord.step()
+        assert {n: set(p.sessions) for n, p in pools.items()} == before
+        assert all(p.adopts == len(before[n]) for n, p in pools.items())  # no churn at all
+        assert {await client.get(LEASE_PREFIX + d) for d in before["late"]} == {b"late"}
+        assert ledger.violations == []
+    finally:
+        for coord in coords.values():
+            await coord.close()
+        await client.aclose()
