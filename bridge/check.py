@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -84,6 +86,25 @@ def _status(ok: bool) -> Status:
     return "ok" if ok else "fail"
 
 
+def _check_apns_certificate_expiry(settings: Settings, now: float) -> list[tuple[Status, str]]:
+    """Certificate mode: warn two weeks before the certificate expires, fail once it has."""
+    if not settings.apns_cert_file:
+        return []
+    from bridge.push.apns import CERTIFICATE_WARNING_DAYS, certificate_not_after
+
+    try:
+        expiry = certificate_not_after(Path(settings.apns_cert_file).read_bytes())
+    except (OSError, ValueError):
+        return [("fail", "BRIDGE_APNS_CERT_FILE: no readable certificate, so no expiry date")]
+    when = datetime.datetime.fromtimestamp(expiry, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    days = (expiry - now) / 86400
+    if days <= 0:
+        return [("fail", f"APNs certificate expired on {when}: APNs refuses it; renew it and update BRIDGE_APNS_CERT_FILE")]
+    if days < CERTIFICATE_WARNING_DAYS:
+        return [("warn", f"APNs certificate expires on {when} (in {days:.1f} days): renew it")]
+    return [("ok", f"APNs certificate valid until {when}")]
+
+
 def run_checks(settings: Settings) -> list[tuple[Status, str]]:
     """Every check as (ok, warn or fail; what was checked). Only ``fail`` makes ``check`` fail."""
     from bridge.store.crypto import cipher_from_settings
@@ -102,6 +123,7 @@ def run_checks(settings: Settings) -> list[tuple[Status, str]]:
         out.append(("fail", f"token encryption key: {exc}"))
     if settings.apns_configured:
         out.extend((_status(ok), what) for ok, what in _check_apns(settings))
+        out.extend(_check_apns_certificate_expiry(settings, time.time()))
     else:
         out.append(_missing_provider(settings, "APNs", settings.fcm_configured))
     if settings.fcm_configured:

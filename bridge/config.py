@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bridge.models import PushContent
 
 #: The longest foreground state an app may ask for (``ttl``) or configure: an app that dies in the
 #: foreground must not silence its pushes for longer than this.
@@ -59,7 +62,10 @@ class Settings(BaseSettings):
     #: its last address is used). Unset: the TCP peer's address, and no header is believed.
     trusted_proxy_header: str | None = None
     system_messages: bool = False
-    push_content: Literal["full", "minimal"] = "full"
+    #: What pushes carry unless a registration says otherwise (docs/privacy.md).
+    push_content: PushContent = "full"
+    #: ``hidden``/``encrypted``: the generic alert's title is the room name (when known).
+    push_hidden_room_name: bool = False
     push_max_age: float = Field(3600.0, gt=0)
     backfill_max_age: float = Field(6 * 3600.0, gt=0)
     backfill_room_cap: int = Field(5, ge=1)
@@ -81,6 +87,10 @@ class Settings(BaseSettings):
     apns_cert_file: str | None = None
     apns_host: str | None = None
     apns_port: int | None = Field(None, ge=1, le=65535)
+    #: The sandbox endpoint's override; unset: Apple's sandbox host, or BRIDGE_APNS_HOST/PORT when
+    #: only those are set (one endpoint, e.g. a proxy or the simulator, serves both environments).
+    apns_sandbox_host: str | None = None
+    apns_sandbox_port: int | None = Field(None, ge=1, le=65535)
     apns_ca_file: str | None = None
 
     # --- FCM
@@ -95,6 +105,17 @@ class Settings(BaseSettings):
     # --- logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+
+    @field_validator("push_content", mode="before")
+    @classmethod
+    def _content_alias(cls, v: object) -> object:
+        # Earlier releases' ``minimal`` (no text, but the sender's name): ``hidden`` replaces it.
+        if isinstance(v, str) and v.strip().lower() == "minimal":
+            logging.getLogger(__name__).warning(
+                "BRIDGE_PUSH_CONTENT=minimal is deprecated: use hidden (minimal now means hidden)"
+            )
+            return "hidden"
+        return v
 
     @field_validator("store")
     @classmethod
@@ -118,7 +139,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an HTTP header name such as X-Forwarded-For")
         return v or None
 
-    @field_validator("apns_host")
+    @field_validator("apns_host", "apns_sandbox_host")
     @classmethod
     def _bare_host(cls, v: str | None) -> str | None:
         # Accept "https://host/" as well as "host": aioapns wants the bare name.
@@ -129,11 +150,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
-        if self.apns_host and ":" in self.apns_host and not self.apns_host.startswith("["):
-            host, _, port = self.apns_host.rpartition(":")
-            if port.isdigit():
-                self.apns_host = host
-                self.apns_port = self.apns_port or int(port)
+        for host_field, port_field in (("apns_host", "apns_port"), ("apns_sandbox_host", "apns_sandbox_port")):
+            value = getattr(self, host_field)
+            if value and ":" in value and not value.startswith("["):
+                host, _, port = value.rpartition(":")
+                if port.isdigit():
+                    setattr(self, host_field, host)
+                    setattr(self, port_field, getattr(self, port_field) or int(port))
         if self.backoff_cap < self.backoff_base:
             raise ValueError("BRIDGE_BACKOFF_CAP must be >= BRIDGE_BACKOFF_BASE")
         apns_token_fields = [self.apns_key_file, self.apns_key_id, self.apns_team_id]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import secrets
 import socket
 import tempfile
 import time
@@ -14,7 +16,16 @@ from typing import Any
 
 import httpx
 
+from bridge.seal import open_sealed
+
 PrintLine = Callable[[str], Any]
+
+IPHONE, IPAD = "a1" * 32, "c3" * 32
+PIXEL, TABLET = "fcm-token-alice-pixel", "fcm-token-alice-tablet"
+#: Push token → device, to say which device each provider request was for.
+DEVICE_OF_TOKEN = {IPHONE: "alice-iphone", IPAD: "alice-ipad", PIXEL: "alice-pixel", TABLET: "alice-tablet"}
+#: What Bob writes once Alice has private devices: no request for them may carry it.
+PRIVATE_TEXT = "The door code is 4711"
 
 
 
@@ -77,6 +88,7 @@ async def run_demo(print_line: PrintLine = print, verbose: bool = False) -> int:
             foreground_ttl=120,
             log_level="WARNING",
             push_provider_fallback="log",  # the demo keeps the log fallback (serve defaults to none)
+            rate_limit_per_minute=10_000,  # the narrator polls GET /me/devices far more often than an app
             **sims.settings(),
         )
         app = create_app(settings)
@@ -107,9 +119,9 @@ async def _scenario(say: _Narrator, http: httpx.AsyncClient, imkit: Any, apns: A
     seen: dict[str, int] = dict.fromkeys(devices, 0)
 
     say.step("Alice registers an iPhone (APNs) and a Pixel (FCM)")
-    r = await http.post("/me/subscribe", json={"type": "ios", "token": "a1" * 32, "deviceId": "alice-iphone", "locale": "en-US"})
+    r = await http.post("/me/subscribe", json={"type": "ios", "token": IPHONE, "deviceId": "alice-iphone", "locale": "en-US"})
     say(f"POST /me/subscribe iPhone → {r.status_code} {r.json()['RM']}")
-    r = await http.post("/me/subscribe", json={"type": "fcm", "token": "fcm-token-alice-pixel", "deviceId": "alice-pixel", "locale": "zh-TW"})
+    r = await http.post("/me/subscribe", json={"type": "fcm", "token": PIXEL, "deviceId": "alice-pixel", "locale": "zh-TW"})
     say(f"POST /me/subscribe Pixel  → {r.status_code} {r.json()['RM']}")
 
     async def live() -> bool:
@@ -149,20 +161,30 @@ async def _scenario(say: _Narrator, http: httpx.AsyncClient, imkit: Any, apns: A
 
     printed = {"apns": 0, "fcm": 0}
 
+    def private(data: dict[str, Any]) -> str:
+        """The privacy fields of a data block, ``enc`` abbreviated (it is some hundred characters)."""
+        text = f" content={data['content']}" if "content" in data else ""
+        if "enc" in data:
+            text += f" enc={data['enc'][:12]}…({len(data['enc'])} chars)"
+        return text
+
     def new_payloads() -> None:
         """Print what the simulated providers received since the last call."""
         for a in apns.received[printed["apns"] :]:
             aps = a.payload.get("aps", {})
             what = f"alert={json.dumps(aps.get('alert'), ensure_ascii=False)}" if "alert" in aps else "silent"
-            say(f"  APNs got: status={a.status} push-type={a.headers.get('apns-push-type')} {what} badge={aps.get('badge')}")
+            to = DEVICE_OF_TOKEN.get(a.token, "?") + ":"
+            say(f"  APNs got for {to:13} status={a.status} push-type={a.headers.get('apns-push-type')} {what} badge={aps.get('badge')}{private(a.payload)}")
             if say.verbose:
                 say("    " + json.dumps(a.payload, ensure_ascii=False))
         for f in fcm.received[printed["fcm"] :]:
             data = f.message.get("data", {})
+            to = DEVICE_OF_TOKEN.get(f.token, "?") + ":"
             if data.get("type") == "badge":
-                say(f"  FCM got:  status={f.status} silent badge={data.get('badge')}")
+                say(f"  FCM  got for {to:13} status={f.status} silent badge={data.get('badge')}")
             else:
-                say(f"  FCM got:  status={f.status} title={data.get('title')!r} body={data.get('body')!r} type={data.get('type')!r} loc-key={data.get('loc-key')!r} badge={data.get('badge')}")
+                loc = f" loc-key={data['loc-key']!r}" if "loc-key" in data else ""
+                say(f"  FCM  got for {to:13} status={f.status} title={data.get('title')!r} body={data.get('body')!r} type={data.get('type')!r}{loc} badge={data.get('badge')}{private(data)}")
             if say.verbose:
                 say("    " + json.dumps(f.message, ensure_ascii=False))
         printed["apns"], printed["fcm"] = len(apns.received), len(fcm.received)
@@ -211,6 +233,53 @@ async def _scenario(say: _Narrator, http: httpx.AsyncClient, imkit: Any, apns: A
     await imkit.read("alice", "general")
     await show(1)
     await providers_got(1, 1)
+
+    say.step("Alice adds an iPad (encrypted pushes) and a tablet (hidden pushes); Bob writes in #general")
+    ipad_key = secrets.token_bytes(32)  # an app makes it with SecRandomCopyBytes and keeps it in its keychain
+    r = await http.post("/me/subscribe", json={"type": "ios", "token": IPAD, "deviceId": "alice-ipad", "locale": "en-US", "content": "encrypted", "contentKey": base64.b64encode(ipad_key).decode()})
+    say(f"POST /me/subscribe iPad   content=encrypted contentKey=<32 random bytes, base64> → {r.status_code} {r.json()['RM']}")
+    r = await http.post("/me/subscribe", json={"type": "fcm", "token": TABLET, "deviceId": "alice-tablet", "locale": "en-US", "content": "hidden"})
+    say(f"POST /me/subscribe tablet content=hidden → {r.status_code} {r.json()['RM']}")
+    for d in ("alice-ipad", "alice-tablet"):
+        devices[d], seen[d] = "new", 0
+    await _wait(live, 20, "the new sessions to go live")
+    say("their upstream sessions are live too; the same message now goes to four devices")
+    await imkit.send_message("general", "bob", PRIVATE_TEXT)
+    await show(1)
+    await providers_got(2, 2)
+
+    ipad_push = next(a for a in reversed(apns.received) if a.token == IPAD)
+    opened = json.loads(open_sealed(ipad_key, ipad_push.payload["enc"]))
+    say(f"the iPad's notification service extension opens enc with its key (AES-256-GCM, docs/privacy.md): title={opened['title']!r} body={opened['body']!r}")
+    # Everything the providers got for the private devices but ``enc`` (random base64 could spell "Bob").
+    requests = [json.dumps({k: v for k, v in a.payload.items() if k != "enc"}, ensure_ascii=False) for a in apns.received if a.token == IPAD]
+    requests += [json.dumps(f.message, ensure_ascii=False) for f in fcm.received if f.token == TABLET]
+    if any(PRIVATE_TEXT in text or "Bob" in text for text in requests):
+        say("LEAK: Apple or Google got the text or the sender of a private device's push")
+        return 1
+    say("Apple and Google got neither the text nor the sender for the iPad and the tablet: only ids, a generic alert and (iPad) the sealed enc")
+
+    say.step("The iPad acknowledges the push it showed (a delivery receipt)")
+    push_id = ipad_push.payload["pushId"]
+    say(f"the push carries pushId={push_id} in clear, next to enc")
+    r = await http.post("/me/devices/alice-ipad/ack", json={"pushId": push_id})
+    say(f"POST /me/devices/alice-ipad/ack → {r.status_code} {json.dumps(r.json().get('result', r.json()))}")
+    if r.status_code != 200:
+        return 1
+    for d in ("alice-ipad", "alice-tablet"):
+        event = (await http.get(f"/me/devices/{d}")).json()["result"]["events"][0]
+        answers = {res["pushId"]: res for res in event["results"]}
+        for p in event["pushes"]:
+            res = answers[p["pushId"]]
+            if p["shown"] is None:
+                when = f"null (never acknowledged: {res['provider'].upper()} accepted it, the app did not confirm it)"
+            else:
+                when = f"{p['shown']:.2f} ({p['shown'] - res['at']:.2f} s after {res['provider'].upper()} accepted it)"
+            say(f"GET /me/devices/{d:12} {event['event']} room={event['room']} pushId={p['pushId'][:8]}… shown={when}")
+    metrics = (await http.get("/metrics")).text
+    for line in metrics.splitlines():
+        if line.startswith(("bridge_push_acks_total", "bridge_push_ack_latency_seconds_count")):
+            say(f"GET /metrics: {line}")
 
     say.step("Done")
     say(f"APNs received {len(apns.received)} request(s), FCM received {len(fcm.received)} request(s)")

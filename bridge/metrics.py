@@ -9,6 +9,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Push → ack: under a second for a phone online, up to the push's TTL (hours) for one that was off.
+ACK_LATENCY_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0)
 
 
 class GcPauses:
@@ -69,9 +71,31 @@ class Metrics:
         self.pushes_dropped = Counter(
             "bridge_pushes_dropped", "Pushes given up (too old, retries exhausted)", ["provider", "reason"], registry=r
         )
+        self.push_acks = Counter(
+            "bridge_push_acks", "Pushes the app confirmed it received (POST /me/devices/{id}/ack)", ["provider"], registry=r
+        )
+        self.push_ack_latency = Histogram(
+            "bridge_push_ack_latency_seconds",
+            "Provider answered the push to the app acknowledged it",
+            ["provider"],
+            buckets=ACK_LATENCY_BUCKETS,
+            registry=r,
+        )
         if GC_PAUSES not in gc.callbacks:
             gc.callbacks.append(GC_PAUSES)
         self.gc_longest_pause = Gauge(
             "bridge_gc_longest_pause_seconds", "Longest garbage-collection pause since the process started", registry=r
         )
         self.gc_longest_pause.set_function(lambda: GC_PAUSES.longest)
+        self.apns_environment_corrections = Counter(
+            "bridge_apns_environment_corrections",
+            "APNs pushes delivered in the other environment after BadDeviceToken (the registration moves there)",
+            ["from", "to"],
+            registry=r,
+        )
+        # 0 unless BRIDGE_APNS_CERT_FILE is used (token-auth keys do not expire).
+        self.apns_certificate_expiry = Gauge(
+            "bridge_apns_certificate_expiry_timestamp_seconds",
+            "Expiry (notAfter) of the APNs certificate in use, epoch seconds; 0 without one",
+            registry=r,
+        )

@@ -13,6 +13,13 @@ APNS_TYPES: frozenset[str] = frozenset({"ios", "ios-voip"})
 FCM_TYPES: frozenset[str] = frozenset({"fcm", "android", "web"})
 
 ProviderName = Literal["apns", "fcm"]
+#: Where an APNs token was issued: debug builds get sandbox tokens, TestFlight/App Store ones production.
+ApnsEnvironment = Literal["production", "sandbox"]
+APNS_ENVIRONMENTS: tuple[str, ...] = ("production", "sandbox")
+#: What a push may carry: the text (``full``), ids only (``hidden``), or the text sealed with the
+#: device's key (``encrypted``).
+PushContent = Literal["full", "hidden", "encrypted"]
+PUSH_CONTENTS: tuple[str, ...] = ("full", "hidden", "encrypted")
 
 
 def provider_for(push_type: str) -> ProviderName:
@@ -73,6 +80,18 @@ class Registration:
     #: Set when a provider reported the token invalid; a disabled registration gets no pushes.
     disabled_reason: str | None = None
     updated_at: float = field(default_factory=time.time)
+    #: APNs only: the environment the token belongs to (None: the configured default).
+    apns_environment: ApnsEnvironment | None = None
+    #: What its pushes carry (None: ``BRIDGE_PUSH_CONTENT``).
+    content: PushContent | None = None
+    #: The app's 32-byte key for ``encrypted`` content: a secret, encrypted at rest like the token.
+    content_key: bytes | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Registration(type={self.type!r}, disabled_reason={self.disabled_reason!r}, "
+            f"apns_environment={self.apns_environment!r}, content={self.content!r})"
+        )
 
     @property
     def provider(self) -> ProviderName:
@@ -163,6 +182,8 @@ class Notification:
     kind: str
     apns: ApnsRequest | None = None
     fcm: FcmRequest | None = None
+    #: APNs only: the environment to send to (None: the provider's configured default).
+    apns_environment: ApnsEnvironment | None = None
     #: When the upstream event arrived (monotonic clock), for the push latency metric.
     received_at: float = field(default_factory=time.monotonic)
     #: Wall-clock creation time, for the maximum push age.

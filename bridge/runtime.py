@@ -12,13 +12,14 @@ from bridge import gc_tuning
 from bridge._backoff import Backoff
 from bridge.config import Settings
 from bridge.metrics import Metrics
-from bridge.models import Notification
+from bridge.models import ApnsEnvironment, Notification
 from bridge.push.claims import Claims
 from bridge.push.dispatcher import Dispatcher
-from bridge.push.provider import Provider, SendResult, TokenInvalid
+from bridge.push.provider import Delivered, Provider, SendResult, TokenInvalid
 from bridge.store.base import Store, StoreUnavailable
 from bridge.store.factory import make_store
 from bridge.upstream.rest import ImkitRest
+from bridge.worker.history import with_acks
 from bridge.worker.pool import WorkerPool
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class Bridge:
             timeout=settings.imkit_request_timeout,
         )
         self.providers, missing = make_providers(settings)
+        self._watch_apns_certificate()
         for problem in missing:
             log.warning("%s: its registrations get no pushes", problem)
         #: Why no push can be delivered at all (reported by /readyz), or nothing.
@@ -156,9 +158,43 @@ class Bridge:
         )
         self.pool.on_new_device = self.coordinator.on_device_change
 
+    def _watch_apns_certificate(self) -> None:
+        """Certificate mode: export the expiry of the certificate the APNs provider has loaded."""
+        if not self.settings.apns_cert_file:
+            return
+        from bridge.push.apns import ApnsProvider
+
+        apns = self.providers.get("apns")
+        if isinstance(apns, ApnsProvider) and apns.certificate_expiry is not None:
+            self.metrics.apns_certificate_expiry.set_function(lambda: apns.certificate_expiry or 0.0)
+
     async def _on_result(self, n: Notification, result: SendResult) -> None:
+        if isinstance(result, Delivered) and result.corrected_environment is not None:
+            # Before the pool records the answer: once a push shows as delivered, the registration
+            # (store and pool) already knows its environment, so the next push goes straight there.
+            await self._apns_environment_corrected(n, result.corrected_environment)
         if self.pool is not None:
             await self.pool.handle_result(n, result)
+
+    async def _apns_environment_corrected(self, n: Notification, environment: ApnsEnvironment) -> None:
+        """Remember where the token was accepted, so the next push goes there first.
+
+        The store changes it only while the registration still holds this token: a correction
+        arriving after the app registered a new token changes nothing.
+        """
+        wrong = "sandbox" if environment == "production" else "production"
+        self.metrics.apns_environment_corrections.labels(wrong, environment).inc()
+        try:
+            changed = await self.store.set_apns_environment(n.device_id, n.push_type, n.token, environment)
+        except StoreUnavailable as exc:
+            log.warning("APNs environment not recorded: %s", exc, extra={"device_id": n.device_id})
+            return  # the next push is corrected again
+        if changed:
+            log.info(
+                "APNs environment corrected to %s", environment, extra={"device_id": n.device_id, "push_type": n.push_type}
+            )
+            # Also published as a change; applying it now means the very next push goes right.
+            await self.device_changed(n.device_id)
 
     async def _on_token_invalid(self, n: Notification, result: TokenInvalid) -> None:
         if self.pool is not None:
@@ -194,6 +230,13 @@ class Bridge:
                 status = None
         if status is not None and owner is not None and status.get("clientId", owner) != owner:
             return None
+        if status and status.get("events"):
+            # ``shown`` on each push the app acknowledged (kept in the store by the API).
+            try:
+                acks = await self.store.get_acks(device_id)
+            except StoreUnavailable:
+                acks = {}
+            status = {**status, "events": with_acks(status["events"], acks)}
         return status
 
     async def start(self) -> None:

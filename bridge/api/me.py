@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import logging
 import time
@@ -18,12 +20,14 @@ from bridge.api.schemas import (
     CLIENT_ID,
     DEVICE_ID,
     EXAMPLE_DEVICE_ID,
+    AckBody,
     StateBody,
     SubscribeBody,
     UnsubscribeBody,
 )
 from bridge.api.views import device_view
-from bridge.models import AppState, Device, Registration
+from bridge.models import AppState, Device, Registration, provider_for
+from bridge.worker.history import SentPush, sent_push
 from bridge.worker.pool import notification_for, result_dict
 
 log = logging.getLogger(__name__)
@@ -94,12 +98,28 @@ async def _release_push_token(ctx: ApiContext, client_id: str, push_token: str, 
         log.info("push token moved to another user; removed here", extra={"device_id": device_id, "push_type": push_type})
 
 
+def _content_key(text: str | None) -> bytes | None:
+    """The 32-byte ``contentKey`` from standard or URL-safe base64; 400 if it is anything else."""
+    if text is None:
+        return None
+    try:
+        key = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+    except binascii.Error:
+        key = b""
+    if len(key) != 32:
+        raise ApiError(400, "INVALID_PARAMETER", "contentKey must be 32 bytes, base64-encoded")
+    return key
+
+
 @router.post("/subscribe", summary="Register or update a device's push token", responses=error_responses(413))
 async def subscribe(body: SubscribeBody, request: Request, ctx: Ctx) -> dict[str, Any]:
     """Idempotent on ``type`` + ``deviceId``. Verifies the client token with IMKIT first."""
     caller = await ctx.auth.caller(request, body.clientId)
     if caller.token is None:
         raise ApiError(400, "MISSING_PARAMETER", "IM-Authorization (the user's client token) is required to subscribe")
+    if body.apnsEnvironment is not None and provider_for(body.type) != "apns":
+        raise ApiError(400, "INVALID_PARAMETER", "apnsEnvironment applies to ios and ios-voip registrations only")
+    content_key = _content_key(body.contentKey)
     store = ctx.bridge.store
     now = time.time()
     device = await store.get_device(body.deviceId)
@@ -123,7 +143,22 @@ async def subscribe(body: SubscribeBody, request: Request, ctx: Ctx) -> dict[str
     elif device.client_token != caller.token:
         device.client_token = caller.token
         device.token_version += 1
-    device.registrations[body.type] = Registration(type=body.type, token=body.token, updated_at=now)
+    previous = device.registrations.get(body.type)
+    reg = Registration(type=body.type, token=body.token, updated_at=now)
+    if previous is not None:
+        # Omitted optional fields keep what the app said before (a token refresh resends little).
+        reg.apns_environment = previous.apns_environment if previous.token == body.token else None
+        reg.content, reg.content_key = previous.content, previous.content_key
+    if body.apnsEnvironment is not None:
+        reg.apns_environment = body.apnsEnvironment
+    if body.content is not None:
+        reg.content = body.content
+    if content_key is not None:
+        reg.content_key = content_key  # a new key replaces the old one: key rotation
+    effective = reg.content or ctx.bridge.settings.push_content
+    if effective == "encrypted" and reg.content_key is None:
+        raise ApiError(400, "MISSING_PARAMETER", "content=encrypted needs contentKey (32 bytes, base64)")
+    device.registrations[body.type] = reg
     if body.locale is not None:
         device.locale = body.locale
     if body.state is not None:
@@ -211,11 +246,73 @@ async def test_push(deviceId: DeviceIdPath, request: Request, ctx: Ctx, clientId
         if not reg.active:
             skipped.append({"type": reg.type, "reason": "disabled"})
             continue
-        target = compose.Target(push_type=reg.type, locale=device.locale, content=ctx.bridge.settings.push_content)
+        target = compose.Target(
+            push_type=reg.type,
+            locale=device.locale,
+            content=reg.content or ctx.bridge.settings.push_content,
+            content_key=reg.content_key,
+            hidden_room_name=ctx.bridge.settings.push_hidden_room_name,
+        )
         req = compose.compose_test(target, now=now)
         notifications.append(
-            notification_for(device.device_id, reg.type, reg.token, "test", f"{now:.6f}", req, time.monotonic())
+            notification_for(device.device_id, reg, "test", f"{now:.6f}", req, time.monotonic())
         )
     results = await asyncio.gather(*(ctx.bridge.dispatcher.send_now(n) for n in notifications))
     out = [result_dict(n, r) for n, r in zip(notifications, results, strict=True)]
     return ok({"deviceId": deviceId, "results": out, "skipped": skipped})
+
+
+#: In api/worker mode the API reads the history a worker publishes about once a second, so an ack
+#: sent as soon as the push arrived may come before it: a push id not found (or not answered yet)
+#: is looked up again for this long before the answer is 404.
+ACK_LOOKUP_WAIT = 2.5
+ACK_LOOKUP_INTERVAL = 0.2
+
+
+def _published_only(ctx: ApiContext, device_id: str) -> bool:
+    """Whether this process knows the device's history only as a worker published it."""
+    pool = ctx.bridge.pool
+    if pool is not None and pool.session_state(device_id) is not None:
+        return False  # this process serves the device: its history is live
+    return pool is None or ctx.bridge.coordinator is not None
+
+
+async def _sent_push(ctx: ApiContext, device: Device, push_id: str) -> SentPush | None:
+    """The push ``push_id`` among the device's last events (None: this device was not sent it)."""
+    deadline = time.monotonic() + ACK_LOOKUP_WAIT
+    while True:
+        status = await ctx.bridge.device_status(device.device_id, device.client_id)
+        sent = sent_push((status or {}).get("events", []), push_id)
+        if (sent is not None and sent.at is not None) or not _published_only(ctx, device.device_id):
+            return sent
+        if time.monotonic() >= deadline:
+            return sent
+        await asyncio.sleep(ACK_LOOKUP_INTERVAL)
+
+
+@router.post(
+    "/devices/{deviceId}/ack",
+    summary="Confirm a push reached the phone (from the notification service extension)",
+    responses=error_responses(404, 413),
+)
+async def ack_push(deviceId: DeviceIdPath, body: AckBody, request: Request, ctx: Ctx) -> dict[str, Any]:
+    """``pushId`` is the id the push carried; it must be one of the device's last 50 events'
+    pushes (else 404, as for another user's device). Acking twice answers the first time."""
+    caller = await ctx.auth.caller(request, body.clientId)
+    device = await _owned_device(ctx, caller, deviceId)
+    store = ctx.bridge.store
+    acked_at = (await store.get_acks(deviceId)).get(body.pushId)
+    if acked_at is None:
+        sent = await _sent_push(ctx, device, body.pushId)
+        if sent is None:
+            raise ApiError(404, "NOT_FOUND", "no such push for this device")
+        now = time.time()
+        if await store.record_ack(deviceId, body.pushId, now):
+            acked_at = now
+            provider = sent.provider or "unknown"
+            ctx.bridge.metrics.push_acks.labels(provider).inc()
+            if sent.at is not None:
+                ctx.bridge.metrics.push_ack_latency.labels(provider).observe(max(0.0, now - sent.at))
+        else:  # a concurrent ack of the same push recorded it first
+            acked_at = (await store.get_acks(deviceId)).get(body.pushId, now)
+    return ok({"deviceId": deviceId, "pushId": body.pushId, "ackedAt": acked_at})

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.config import MAX_FOREGROUND_TTL
+from bridge.models import ApnsEnvironment, PushContent
 
 DEVICE_ID = r"^[A-Za-z0-9._:\-]+$"
 PUSH_TOKEN = r"^[A-Za-z0-9._:\-]+$"
@@ -17,6 +18,8 @@ EXAMPLE_DEVICE_ID = "8F3C2A10-device"
 
 PushType = Literal["ios", "ios-voip", "fcm", "android", "web"]
 StateName = Literal["foreground", "background"]
+#: Standard or URL-safe base64 (padding optional): the 32-byte ``contentKey``.
+BASE64 = r"^[A-Za-z0-9+/_-]+={0,2}$"
 
 
 class _Body(BaseModel):
@@ -32,6 +35,13 @@ class SubscribeBody(_Body):
     state: StateName | None = None
     ttl: int | None = Field(None, ge=1, le=MAX_FOREGROUND_TTL, description="seconds a foreground state lasts (at most 3600)")
     clientId: str | None = Field(None, min_length=1, max_length=128, pattern=CLIENT_ID, description="with IM-API-KEY only")
+    apnsEnvironment: ApnsEnvironment | None = Field(
+        None, description="ios/ios-voip only: where the token was issued (debug builds: sandbox); default from config, corrected on BadDeviceToken"
+    )
+    content: PushContent | None = Field(None, description="what pushes carry: full, hidden (ids only) or encrypted; default BRIDGE_PUSH_CONTENT")
+    contentKey: str | None = Field(
+        None, min_length=43, max_length=44, pattern=BASE64, description="for content=encrypted: the device's 32-byte key, base64"
+    )
 
     model_config = ConfigDict(
         extra="ignore",
@@ -57,3 +67,14 @@ class StateBody(_Body):
     clientId: str | None = Field(None, min_length=1, max_length=128, pattern=CLIENT_ID)
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"deviceId": EXAMPLE_DEVICE_ID, "state": "foreground", "ttl": 120}]})
+
+
+#: A push id as every push carries it (``pushId``): 32 lowercase hex characters.
+PUSH_ID = r"^[0-9a-f]{32}$"
+
+
+class AckBody(_Body):
+    pushId: str = Field(min_length=32, max_length=32, pattern=PUSH_ID, description="the pushId the push carried")
+    clientId: str | None = Field(None, min_length=1, max_length=128, pattern=CLIENT_ID, description="with IM-API-KEY only")
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"pushId": "3f2a9c0d1e4b5a6978c1d2e3f4a5b6c7"}]})

@@ -28,6 +28,10 @@ def device_view(device: Device, status: dict[str, Any] | None) -> dict[str, Any]
                 "active": r.active,
                 "disabledReason": r.disabled_reason,
                 "updatedAt": r.updated_at,
+                # Only where it applies; the content key itself is never shown.
+                **({"apnsEnvironment": r.apns_environment} if r.provider == "apns" else {}),
+                "content": r.content,
+                "hasContentKey": r.content_key is not None,
             }
             for r in device.registrations.values()
         ],

@@ -19,12 +19,17 @@ per-instance attributes; nothing in the library is changed globally):
   dispatcher's job) and a silent ``err_func``.
 
 Host and port are class attributes the pool reads (``protocol_class.APNS_SERVER``/``APNS_PORT``),
-so each client gets its own protocol subclass carrying them.
+so each client gets its own protocol subclass carrying them. One aioapns client serves one host,
+so each APNs environment (production, sandbox) has its own client and HTTP/2 connections. With
+token auth, aioapns signs a provider token per connection; our protocol subclass hands every
+connection of both environments one shared signer instead, so there is one provider token
+(refreshed every 30 minutes) however many connections are open, as Apple asks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import logging
 import ssl
@@ -36,13 +41,14 @@ from typing import Any, ClassVar, cast
 from aioapns import APNs, NotificationRequest, PushType
 from aioapns.common import NotificationResult
 from aioapns.connection import (
-    APNsDevelopmentClientProtocol,
-    APNsProductionClientProtocol,
     APNsTLSClientProtocol,
+    AuthorizationHeaderProvider,
     ChannelPool,
+    JWTAuthorizationHeaderProvider,
 )
 from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from h2.connection import H2Connection
@@ -50,7 +56,7 @@ from h2.exceptions import H2Error, NoAvailableStreamIDError
 
 from bridge.compose import apns_id
 from bridge.config import Settings
-from bridge.models import Notification
+from bridge.models import ApnsEnvironment, Notification
 from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
 
 logger = logging.getLogger(__name__)
@@ -82,14 +88,63 @@ CONFIG_ERRORS: dict[str, str] = {
     "MissingProviderToken": "set BRIDGE_APNS_KEY_FILE (token auth) or BRIDGE_APNS_CERT_FILE",
     "ExpiredProviderToken": "the provider token is older than an hour: is this machine's clock right?",
     "UnrelatedKeyIdInToken": "BRIDGE_APNS_KEY_ID is not a key of BRIDGE_APNS_TEAM_ID",
-    "BadEnvironmentKeyIdInToken": "the key is not valid for this environment (BRIDGE_APNS_SANDBOX)",
+    "BadEnvironmentKeyIdInToken": "the key is not valid for this environment (a key restricted "
+    "to production or sandbox; see BRIDGE_APNS_SANDBOX and the registrations' apnsEnvironment)",
     "BadCertificate": "BRIDGE_APNS_CERT_FILE is not accepted by Apple",
     "BadCertificateEnvironment": "BRIDGE_APNS_CERT_FILE is for the other environment "
-    "(BRIDGE_APNS_SANDBOX)",
+    "(see BRIDGE_APNS_SANDBOX and the registrations' apnsEnvironment)",
     "Forbidden": "the key or certificate may not push to BRIDGE_APNS_TOPIC",
 }
 #: A configuration error is logged at most once per reason in this many seconds.
 CONFIG_LOG_INTERVAL = 60.0
+
+#: Apple's endpoints per environment (port 443; 2197 works too).
+APPLE_HOSTS: dict[ApnsEnvironment, str] = {
+    "production": "api.push.apple.com",
+    "sandbox": "api.sandbox.push.apple.com",
+}
+APPLE_PORT = 443
+#: ``push-bridge check`` warns, and the alert fires, this long before the certificate expires.
+CERTIFICATE_WARNING_DAYS = 14
+
+
+def other_environment(environment: ApnsEnvironment) -> ApnsEnvironment:
+    return "sandbox" if environment == "production" else "production"
+
+
+def endpoints(
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    sandbox_host: str | None = None,
+    sandbox_port: int | None = None,
+) -> dict[ApnsEnvironment, tuple[str, int]]:
+    """(host, port) per environment from the overrides.
+
+    Without a sandbox override, a production override (a proxy, the simulator) serves both
+    environments: a setup with one endpoint keeps sending everything there.
+    """
+    production = (host or APPLE_HOSTS["production"], port or APPLE_PORT)
+    if sandbox_host:
+        sandbox = (sandbox_host, sandbox_port or APPLE_PORT)
+    elif host:
+        sandbox = (host, sandbox_port or port or APPLE_PORT)
+    else:
+        sandbox = (APPLE_HOSTS["sandbox"], sandbox_port or APPLE_PORT)
+    return {"production": production, "sandbox": sandbox}
+
+
+def certificate_not_after(pem: bytes) -> float:
+    """The expiry (``notAfter``, epoch seconds) of the first certificate in a PEM.
+
+    Raises ``ValueError`` when the PEM holds no certificate.
+    """
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+
+
+def _format_epoch(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
 
 #: Exceptions that mean "the network or the connection", not "this notification": retry.
 _CONNECTION_ERRORS = (
@@ -182,9 +237,13 @@ class _Protocol(APNsTLSClientProtocol):
     """
 
     retry_after: ClassVar[dict[str, str]]
+    #: The provider's one token signer (token auth), used instead of aioapns' per-connection one.
+    shared_auth: ClassVar[AuthorizationHeaderProvider | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.shared_auth is not None:
+            self.auth_provider = self.shared_auth
         self.free_channels: _Channels = _Channels(self.conn, 1000)
 
     def data_received(self, data: bytes) -> None:
@@ -249,13 +308,18 @@ def _context(n: Notification) -> dict[str, Any]:
 
 
 def _protocol_class(
-    host: str, port: int, idle_timeout: float, retry_after: dict[str, str]
+    host: str,
+    port: int,
+    idle_timeout: float,
+    retry_after: dict[str, str],
+    shared_auth: AuthorizationHeaderProvider | None,
 ) -> type[_Protocol]:
     attrs: dict[str, Any] = {
         "APNS_SERVER": host,
         "APNS_PORT": port,
         "INACTIVITY_TIME": idle_timeout,
         "retry_after": retry_after,
+        "shared_auth": shared_auth,
     }
     return cast(type[_Protocol], type("ApnsBridgeProtocol", (_Protocol,), attrs))
 
@@ -280,10 +344,11 @@ def _check_credentials(key: str | None, cert_file: str | None) -> None:
 
 @dataclass(eq=False)
 class _Generation:
-    """One aioapns client and its bookkeeping until it is recycled."""
+    """One aioapns client (one environment's connections) and its bookkeeping until recycled."""
 
     client: APNs
     retry_after: dict[str, str]
+    environment: ApnsEnvironment
     started: float = field(default_factory=time.monotonic)
     sends: int = 0
     inflight: int = 0
@@ -294,7 +359,15 @@ class ApnsProvider:
     """Sends to APNs with token auth (``.p8`` key) or certificate auth. See :meth:`from_settings`.
 
     ``key`` is the PEM text of the signing key; ``cert_file`` a PEM with certificate and key.
-    ``host``/``port`` override Apple's endpoint; ``ca_file`` adds a CA to trust.
+    A notification goes to its ``apns_environment``, or to the default (``sandbox``: the sandbox,
+    else production). ``host``/``port`` override Apple's production endpoint and
+    ``sandbox_host``/``sandbox_port`` the sandbox one (see :func:`endpoints`); ``ca_file`` adds
+    a CA to trust.
+
+    A ``BadDeviceToken`` answer is tried once in the other environment, when it has an endpoint
+    of its own: debug builds get sandbox tokens, store builds production ones, and apps do not
+    always say which. If that one accepts it, the result is ``Delivered`` with
+    ``corrected_environment`` set, for the owner to record on the registration.
     """
 
     name = "apns"
@@ -310,6 +383,8 @@ class ApnsProvider:
         sandbox: bool = False,
         host: str | None = None,
         port: int | None = None,
+        sandbox_host: str | None = None,
+        sandbox_port: int | None = None,
         ca_file: str | None = None,
         timeout: float = 10.0,
         idle_timeout: float = 600.0,
@@ -321,14 +396,19 @@ class ApnsProvider:
         if (key is None) == (cert_file is None) or (key is not None and not (key_id and team_id)):
             raise ValueError("APNs needs either key, key_id and team_id, or cert_file")
         _check_credentials(key, cert_file)
-        default = APNsDevelopmentClientProtocol if sandbox else APNsProductionClientProtocol
         self.topic = topic
+        self.default_environment: ApnsEnvironment = "sandbox" if sandbox else "production"
         self._key = key
         self._key_id = key_id
         self._team_id = team_id
         self._cert_file = cert_file
-        self._host = host or default.APNS_SERVER
-        self._port = port or default.APNS_PORT
+        #: One provider token for every connection of both environments (token auth only).
+        self._auth: AuthorizationHeaderProvider | None = (
+            JWTAuthorizationHeaderProvider(key, key_id, team_id) if key is not None else None
+        )
+        self._endpoints = endpoints(
+            host=host, port=port, sandbox_host=sandbox_host, sandbox_port=sandbox_port
+        )
         self._ca_file = ca_file
         self._timeout = timeout
         self._idle_timeout = idle_timeout
@@ -339,12 +419,26 @@ class ApnsProvider:
         #: Per configuration error: when it was last logged, and how often it came since.
         self._config_logged: dict[str, float] = {}
         self._config_unlogged: dict[str, int] = {}
-        self._current: _Generation | None = None
+        self._current: dict[ApnsEnvironment, _Generation] = {}
         self._retired: set[_Generation] = set()
         self._closed = False
+        #: Certificate mode: the loaded certificate's expiry (epoch seconds), re-read whenever a
+        #: client is recycled (which reloads the file); None with token auth.
+        self.certificate_expiry: float | None = None
+        if cert_file is not None:
+            self._read_certificate_expiry(cert_file)
 
     def __repr__(self) -> str:
-        return f"ApnsProvider(topic={self.topic!r}, host={self._host!r}, port={self._port!r})"
+        (ph, pp), (sh, sp) = self._endpoints["production"], self._endpoints["sandbox"]
+        return (
+            f"ApnsProvider(topic={self.topic!r}, default={self.default_environment!r}, "
+            f"production={ph}:{pp}, sandbox={sh}:{sp})"
+        )
+
+    @property
+    def endpoints(self) -> dict[ApnsEnvironment, tuple[str, int]]:
+        """(host, port) per environment."""
+        return dict(self._endpoints)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApnsProvider:
@@ -365,18 +459,23 @@ class ApnsProvider:
             sandbox=settings.apns_sandbox,
             host=settings.apns_host,
             port=settings.apns_port,
+            sandbox_host=settings.apns_sandbox_host,
+            sandbox_port=settings.apns_sandbox_port,
             ca_file=settings.apns_ca_file,
             timeout=settings.push_timeout,
         )
 
     @property
     def connections(self) -> int:
-        """Open connections across the current and retiring clients."""
-        gens = [*self._retired, *([self._current] if self._current else [])]
+        """Open connections across the current and retiring clients of both environments."""
+        gens = [*self._retired, *self._current.values()]
         return sum(len(g.client.pool.connections) for g in gens)
 
     async def send(self, notification: Notification) -> SendResult:
-        """Send once under the timeout and map the answer; never raises for APNs or the network."""
+        """Send once under the timeout and map the answer; never raises for APNs or the network.
+
+        A ``BadDeviceToken`` is tried once in the other environment, within the same timeout.
+        """
         req = notification.apns
         if req is None:
             return Failed("no_apns_request")
@@ -396,12 +495,46 @@ class ApnsProvider:
             push_type=PushType(req.push_type),
             apns_topic=topic,
         )
-        gen = self._generation()
+        deadline = time.monotonic() + self._timeout
+        environment = notification.apns_environment or self.default_environment
+        result = await self._send_to(environment, request, notification, topic, deadline)
+        other = other_environment(environment)
+        if not (
+            isinstance(result, TokenInvalid)
+            and result.reason == "BadDeviceToken"
+            # One endpoint for both (a proxy, a simulator): asking it again changes nothing.
+            and self._endpoints[other] != self._endpoints[environment]
+        ):
+            return result
+        # Not a token of this environment: maybe one of the other (a debug build's sandbox token
+        # registered without apnsEnvironment). Whatever the other says stands: two
+        # BadDeviceTokens make a dead token, as before.
+        second = await self._send_to(other, request, notification, topic, deadline)
+        if isinstance(second, Delivered):
+            logger.info(
+                "APNs token accepted by %s after BadDeviceToken from %s",
+                other,
+                environment,
+                extra=_context(notification),
+            )
+            return Delivered(second.provider_id, corrected_environment=other)
+        return second
+
+    async def _send_to(
+        self,
+        environment: ApnsEnvironment,
+        request: NotificationRequest,
+        notification: Notification,
+        topic: str,
+        deadline: float,
+    ) -> SendResult:
+        """One request to one environment's endpoint, mapped."""
+        gen = self._generation(environment)
         gen.sends += 1
         gen.inflight += 1
         try:
             response: NotificationResult = await asyncio.wait_for(
-                gen.client.send_notification(request), self._timeout
+                gen.client.send_notification(request), max(0.0, deadline - time.monotonic())
             )
         except TimeoutError:
             return Retry("timeout")
@@ -424,10 +557,10 @@ class ApnsProvider:
             response.timestamp,
         )
         if isinstance(result, Failed) and result.reason in CONFIG_ERRORS:
-            self._config_error(result.reason, topic)
+            self._config_error(result.reason, topic, environment)
         return Delivered(request.notification_id) if isinstance(result, Delivered) else result
 
-    def _config_error(self, reason: str, topic: str) -> None:
+    def _config_error(self, reason: str, topic: str, environment: ApnsEnvironment) -> None:
         """Say loudly that the configuration is wrong, once per interval (not once per push)."""
         now = time.monotonic()
         self._config_unlogged[reason] = self._config_unlogged.get(reason, 0) + 1
@@ -437,29 +570,30 @@ class ApnsProvider:
         self._config_logged[reason] = now
         count = self._config_unlogged.pop(reason)
         logger.error(
-            "APNs refuses pushes with %s: %s (topic %r, host %s). These pushes fail; no "
+            "APNs refuses pushes with %s: %s (topic %r, %s host %s). These pushes fail; no "
             "registration is disabled. %d such answer(s) since the last line like this one.",
             reason,
             CONFIG_ERRORS[reason],
             topic,
-            self._host,
+            environment,
+            self._endpoints[environment][0],
             count,
         )
 
     async def close(self) -> None:
         """Close every connection; later sends answer ``Retry("provider_closed")``."""
         self._closed = True
-        for gen in [*self._retired, *([self._current] if self._current else [])]:
+        for gen in [*self._retired, *self._current.values()]:
             self._close_generation(gen)
-        self._current = None
+        self._current.clear()
 
-    def _generation(self) -> _Generation:
-        gen = self._current
+    def _generation(self, environment: ApnsEnvironment) -> _Generation:
+        gen = self._current.get(environment)
         if gen is not None and (
             gen.sends >= self._recycle_sends
             or time.monotonic() - gen.started >= self._recycle_after
         ):
-            logger.info("Recycling the APNs client after %d sends", gen.sends)
+            logger.info("Recycling the APNs %s client after %d sends", environment, gen.sends)
             gen.retired = True
             if gen.inflight:
                 self._retired.add(gen)
@@ -467,10 +601,10 @@ class ApnsProvider:
                 self._close_generation(gen)
             gen = None
         if gen is None:
-            gen = self._current = self._new_generation()
+            gen = self._current[environment] = self._new_generation(environment)
         return gen
 
-    def _new_generation(self) -> _Generation:
+    def _new_generation(self, environment: ApnsEnvironment) -> _Generation:
         ctx = ssl.create_default_context()
         if self._ca_file:
             ctx.load_verify_locations(self._ca_file)
@@ -490,11 +624,30 @@ class ApnsProvider:
             ssl_context=ctx,
             err_func=quiet,
         )
+        if self._cert_file is not None:
+            # aioapns loaded the file again: a renewed certificate counts from now on.
+            self._read_certificate_expiry(self._cert_file)
         retry_after: dict[str, str] = {}
+        host, port = self._endpoints[environment]
         client.pool.protocol_class = _protocol_class(
-            self._host, self._port, self._idle_timeout, retry_after
+            host, port, self._idle_timeout, retry_after, self._auth
         )
-        return _Generation(client, retry_after)
+        return _Generation(client, retry_after, environment)
+
+    def _read_certificate_expiry(self, cert_file: str) -> None:
+        try:
+            expiry = certificate_not_after(Path(cert_file).read_bytes())
+        except (OSError, ValueError):
+            return  # _check_credentials or aioapns report an unusable file
+        if expiry != self.certificate_expiry:
+            left = expiry - time.time()
+            if left < CERTIFICATE_WARNING_DAYS * 86400:
+                logger.warning(
+                    "The APNs certificate (BRIDGE_APNS_CERT_FILE) %s %s: renew it",
+                    "expired on" if left <= 0 else "expires on",
+                    _format_epoch(expiry),
+                )
+        self.certificate_expiry = expiry
 
     def _close_generation(self, gen: _Generation) -> None:
         self._retired.discard(gen)

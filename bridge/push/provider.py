@@ -5,14 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.models import Notification
+from bridge.models import ApnsEnvironment, Notification
 
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """The provider accepted the notification."""
+    """The provider accepted the notification.
+
+    ``corrected_environment``: APNs only, set when the token was refused as a ``BadDeviceToken``
+    where it was sent and this other environment accepted it: the owner records it on the
+    registration, so later pushes go there first.
+    """
 
     provider_id: str | None = None
+    corrected_environment: ApnsEnvironment | None = None
 
 
 @dataclass(frozen=True, slots=True)

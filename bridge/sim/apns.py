@@ -8,6 +8,11 @@ arrives complete is recorded in :attr:`ApnsSim.received`, with the verdict it go
 
 Certificate auth is supported too: with ``client_ca_file`` the server requires a client
 certificate issued by that CA, and a request without a provider token is then accepted.
+
+Like Apple, it has two environments: :meth:`ApnsSim.start` opens a production listener
+(:attr:`ApnsSim.port`) and a sandbox one (:attr:`ApnsSim.sandbox_port`). A token is valid in
+both unless :meth:`ApnsSim.register_token` ties it to one; the other then answers
+``400 BadDeviceToken``, as Apple does for a token of the other environment.
 """
 
 from __future__ import annotations
@@ -80,10 +85,15 @@ class ApnsReceived:
     #: The status answered, or None when the connection was dropped instead (GOAWAY).
     status: int | None = None
     reason: str | None = None
+    #: The listener it came in on: ``production`` or ``sandbox``.
+    environment: str = "production"
 
     def __repr__(self) -> str:
         # The device token is a secret of the app; keep it out of reprs.
-        return f"ApnsReceived(status={self.status!r}, reason={self.reason!r}, arrived={self.arrived:.3f})"
+        return (
+            f"ApnsReceived(environment={self.environment!r}, status={self.status!r}, "
+            f"reason={self.reason!r}, arrived={self.arrived:.3f})"
+        )
 
 
 @dataclass(slots=True)
@@ -116,8 +126,9 @@ class _Stream:
 class _Connection(asyncio.Protocol):
     """One client connection: h2 state machine, request assembly, responses under flow control."""
 
-    def __init__(self, sim: ApnsSim) -> None:
+    def __init__(self, sim: ApnsSim, environment: str) -> None:
         self._sim = sim
+        self._environment = environment
         self._h2 = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, _Stream] = {}
@@ -188,7 +199,9 @@ class _Connection(asyncio.Protocol):
             self._transport.write(self._h2.data_to_send())
 
     def _request(self, stream_id: int, stream: _Stream) -> None:
-        verdict, received = self._sim._judge(stream.headers, bytes(stream.body), self.client_cert)
+        verdict, received = self._sim._judge(
+            stream.headers, bytes(stream.body), self.client_cert, self._environment
+        )
         self._sim._record(received)
         apns_id = stream.headers.get("apns-id") or str(uuid.uuid4())
         if verdict.stall:
@@ -286,7 +299,10 @@ class ApnsSim:
             self._ssl.load_verify_locations(client_ca_file)
             self._ssl.verify_mode = ssl.CERT_REQUIRED
         self._server: asyncio.Server | None = None
+        self._sandbox_server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        #: Tokens tied to one environment (see :meth:`register_token`).
+        self._token_environments: dict[str, str] = {}
         #: Connections accepted since construction (a recycled client shows up here).
         self.accepted = 0
         self._scripts: dict[str, _Script] = {}
@@ -303,33 +319,72 @@ class ApnsSim:
 
     @property
     def port(self) -> int:
-        """The listening port (after :meth:`start`)."""
+        """The production listener's port (after :meth:`start`)."""
         if self._server is None:
             raise RuntimeError("ApnsSim is not started")
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def sandbox_port(self) -> int:
+        """The sandbox listener's port (after :meth:`start` with a sandbox listener)."""
+        if self._sandbox_server is None:
+            raise RuntimeError("ApnsSim has no sandbox listener")
+        return int(self._sandbox_server.sockets[0].getsockname()[1])
 
     @property
     def connections(self) -> int:
         """How many client connections are open right now."""
         return len(self._connections)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on ``host:port`` (0 picks a free port; read it back from :attr:`port`)."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, sandbox_port: int | None = 0
+    ) -> None:
+        """Listen on ``host:port`` as production and ``host:sandbox_port`` as the sandbox.
+
+        0 picks a free port (read them back from :attr:`port` and :attr:`sandbox_port`);
+        ``sandbox_port=None`` opens no sandbox listener.
+        """
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, ssl=self._ssl
+            lambda: _Connection(self, "production"), host, port, ssl=self._ssl
         )
-        logger.info("APNs sim listening on %s:%d", host, self.port)
+        if sandbox_port is not None:
+            self._sandbox_server = await loop.create_server(
+                lambda: _Connection(self, "sandbox"), host, sandbox_port, ssl=self._ssl
+            )
+            logger.info(
+                "APNs sim listening on %s:%d (production) and :%d (sandbox)",
+                host,
+                self.port,
+                self.sandbox_port,
+            )
+        else:
+            logger.info("APNs sim listening on %s:%d", host, self.port)
 
     async def stop(self) -> None:
-        """Close the listener and drop every client connection (abruptly, like a dead server)."""
-        if self._server is None:
+        """Close the listeners and drop every client connection (abruptly, like a dead server)."""
+        servers = [s for s in (self._server, self._sandbox_server) if s is not None]
+        if not servers:
             return
-        self._server.close()
+        for server in servers:
+            server.close()
         for conn in list(self._connections):
             conn.abort()
-        await self._server.wait_closed()
-        self._server = None
+        for server in servers:
+            await server.wait_closed()
+        self._server = self._sandbox_server = None
+
+    def register_token(self, token: str, environment: str | None) -> None:
+        """Tie ``token`` to ``production`` or ``sandbox`` (None: valid in both, the default).
+
+        The other environment then answers ``400 BadDeviceToken`` for it.
+        """
+        if environment is None:
+            self._token_environments.pop(token, None)
+        elif environment in ("production", "sandbox"):
+            self._token_environments[token] = environment
+        else:
+            raise ValueError("environment must be production, sandbox or None")
 
     def script(
         self,
@@ -387,9 +442,11 @@ class ApnsSim:
     # --- Apple's checks, in the order Apple's answers suggest
 
     def _judge(
-        self, headers: dict[str, str], body: bytes, client_cert: bool
+        self, headers: dict[str, str], body: bytes, client_cert: bool, environment: str
     ) -> tuple[_Verdict, ApnsReceived]:
         verdict, token, payload = self._check(headers, body, client_cert)
+        if verdict is None and self._token_environments.get(token, environment) != environment:
+            verdict = _Verdict(400, "BadDeviceToken")  # a token of the other environment
         if verdict is None:
             verdict = self._scripted(token)
         received = ApnsReceived(
@@ -399,6 +456,7 @@ class ApnsSim:
             arrived=time.monotonic(),
             status=None if verdict.goaway else verdict.status,
             reason=verdict.reason,
+            environment=environment,
         )
         return verdict, received
 
@@ -538,13 +596,19 @@ async def run(host: str, port: int, state_dir: Path, topic: str) -> None:
     out = await asyncio.to_thread(received_file.open, "w", encoding="utf-8")
 
     def write(r: ApnsReceived) -> None:
-        fields = {"token": r.token, "status": r.status, "reason": r.reason}
+        fields = {
+            "token": r.token,
+            "status": r.status,
+            "reason": r.reason,
+            "environment": r.environment,
+        }
         out.write(json.dumps({**fields, "headers": r.headers, "payload": r.payload}) + "\n")
         out.flush()  # a reader polls the file while this process runs
 
     sim.on_record = write
     try:
-        await sim.start(host, port)
+        # One listener, as before: a bridge given only BRIDGE_APNS_HOST sends both environments here.
+        await sim.start(host, port, sandbox_port=None)
         env = {
             "BRIDGE_APNS_HOST": host,
             "BRIDGE_APNS_PORT": str(sim.port),

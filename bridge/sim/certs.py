@@ -84,16 +84,18 @@ def _builder(
     issuer: x509.Name,
     public_key: ec.EllipticCurvePublicKey,
     issuer_key: ec.EllipticCurvePrivateKey,
+    valid_for: datetime.timedelta = _VALIDITY,
 ) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
+    not_after = now + valid_for
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _VALIDITY)
+        .not_valid_before(min(now, not_after) - _BACKDATE)
+        .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
@@ -116,11 +118,12 @@ def _leaf_key_usage() -> x509.KeyUsage:
     )
 
 
-def issue_test_certs(directory: Path) -> TestCerts:
+def issue_test_certs(directory: Path, *, client_valid_for: datetime.timedelta = _VALIDITY) -> TestCerts:
     """Create a test CA, a server certificate for 127.0.0.1/localhost and a client certificate.
 
     Writes ``ca.pem``, ``server.pem``, ``server-key.pem`` and ``client.pem`` (certificate and key)
-    into ``directory`` (created if missing); all valid for one year.
+    into ``directory`` (created if missing); all valid for one year, except the client certificate,
+    valid for ``client_valid_for`` from now (negative: already expired; for expiry checks).
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = _new_key()
@@ -175,6 +178,7 @@ def issue_test_certs(directory: Path) -> TestCerts:
             ca_name,
             client_key.public_key(),
             ca_key,
+            client_valid_for,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_key_usage(), critical=True)

@@ -59,6 +59,9 @@ class SimStack:
             "apns_topic": self.topic,
             "apns_host": "127.0.0.1",
             "apns_port": self.apns.port,
+            # The simulator's second listener plays Apple's sandbox.
+            "apns_sandbox_host": "127.0.0.1",
+            "apns_sandbox_port": self.apns.sandbox_port,
             "apns_ca_file": str(self.certs.ca_file),
             "fcm_credentials_file": str(self.service_account),
             "fcm_url": self.fcm.url,

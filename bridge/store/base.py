@@ -23,6 +23,10 @@ class Change:
     position: str = ""
 
 
+#: Acks kept per device (enough for the pushes "why no push?" shows).
+MAX_ACKS = 100
+
+
 class Store(Protocol):
     """Devices by id, with an index by client id and a change feed.
 
@@ -81,6 +85,25 @@ class Store(Protocol):
 
     async def set_checkpoint(self, device_id: str, message_id: str, version_ms: int) -> None:
         """Remember the last message handed to a provider. Publishes nothing."""
+
+    async def set_apns_environment(
+        self, device_id: str, push_type: str, token: str, environment: str
+    ) -> bool:
+        """Record the APNs environment that accepted ``token`` (a correction after BadDeviceToken).
+
+        Only while the registration still holds ``token``: a late answer about an old token
+        changes nothing. True when it changed (then an ``upsert`` is published).
+        """
+
+    async def record_ack(self, device_id: str, push_id: str, at: float) -> bool:
+        """Remember that the app confirmed ``push_id`` at ``at``; False if already recorded.
+
+        The last :data:`MAX_ACKS` per device are kept; they go with the device and with a change
+        of owner.
+        """
+
+    async def get_acks(self, device_id: str) -> dict[str, float]:
+        """The device's recorded acks: push id → epoch seconds."""
 
     async def count_client_devices(self, client_id: str) -> int: ...
 

@@ -81,6 +81,16 @@ class TokenCipher:
         return "TokenCipher(key=<hidden>)"
 
 
+def encrypt_key(cipher: TokenCipher, key: bytes | None) -> str | None:
+    """A device's content key (raw bytes) encrypted at rest like a token; None stays None."""
+    return None if key is None else cipher.encrypt(base64.b64encode(key).decode("ascii"))
+
+
+def decrypt_key(cipher: TokenCipher, stored: str | None) -> bytes | None:
+    """The inverse of :func:`encrypt_key`."""
+    return None if stored is None else base64.b64decode(cipher.decrypt(stored))
+
+
 def _read_key(path: Path) -> str:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -15,6 +15,8 @@ Layout (every key this store touches is listed right below):
   as the device. ``pb:meta:ptok`` marks that devices from before this index were indexed.
 - ``pb:status:<deviceId>``: what the device's worker last published (see ``put_status``);
   removed when the device is deleted or changes owner.
+- ``pb:acks:<deviceId>``: a sorted set of the push ids the app acknowledged, scored by the ack
+  time, the last ``MAX_ACKS`` kept for a week; removed with the status.
 
 Single Redis instance (or a primary with replicas); the multi-key transactions are not
 Redis Cluster compatible.
@@ -39,8 +41,8 @@ from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.models import AppState, Device, Registration
-from bridge.store.base import Change, StoreUnavailable
-from bridge.store.crypto import TokenCipher, TokenCipherError
+from bridge.store.base import MAX_ACKS, Change, StoreUnavailable
+from bridge.store.crypto import TokenCipher, TokenCipherError, decrypt_key, encrypt_key
 
 # --- every Redis key of the device store
 PREFIX = "pb:"
@@ -52,6 +54,7 @@ KEY_CHECK_KEY = PREFIX + "meta:keycheck"  # a known plaintext, encrypted: detect
 PING_KEY = PREFIX + "meta:ping"  # written by ping() to prove the store is writable
 STATUS_KEY = PREFIX + "status:"  # + device id: JSON of what its worker knows (why no push?)
 STATUS_TTL_S = 7 * 86400
+ACKS_KEY = PREFIX + "acks:"  # + device id: sorted set of acknowledged push ids, score = ack time
 PUSH_TOKEN_KEY = PREFIX + "ptok:"  # + lookup hash of a push token: set of "<deviceId> <type>"
 PUSH_TOKEN_INDEXED_KEY = PREFIX + "meta:ptok"  # "1" once every device was indexed
 
@@ -273,7 +276,7 @@ class RedisStore:
             pipe.hset(key, "data", data)
             if old_client is not None and changed_owner:
                 pipe.hdel(key, "cp_id", "cp_ms")
-                pipe.delete(STATUS_KEY + device.device_id)
+                pipe.delete(STATUS_KEY + device.device_id, ACKS_KEY + device.device_id)
                 pipe.srem(CLIENT_KEY + old_client, device.device_id)
             if device.checkpoint_ms is not None and (
                 changed_owner or cp_ms is None or device.checkpoint_ms >= int(cp_ms)
@@ -300,7 +303,7 @@ class RedisStore:
             old = json.loads(old_data)
             _multi(pipe)
             pipe.delete(key)
-            pipe.delete(STATUS_KEY + device_id)
+            pipe.delete(STATUS_KEY + device_id, ACKS_KEY + device_id)
             pipe.srem(CLIENT_KEY + old["client_id"], device_id)
             for h, push_type in self._token_entries(old):
                 pipe.srem(PUSH_TOKEN_KEY + h, _member(device_id, push_type))
@@ -389,6 +392,42 @@ class RedisStore:
             return None
         data = json.loads(raw)
         return data if isinstance(data, dict) else None
+
+    async def set_apns_environment(
+        self, device_id: str, push_type: str, token: str, environment: str
+    ) -> bool:
+        """Record the environment that accepted ``token``, while the registration still holds it."""
+
+        def change(data: dict[str, Any], now: float) -> bool:
+            reg = data["registrations"].get(push_type)
+            if (
+                reg is None
+                or reg.get("apns_environment") == environment
+                or self._cipher.decrypt(reg["token"]) != token
+            ):
+                return False
+            reg["apns_environment"] = environment
+            return True
+
+        return await self._update("set_apns_environment", device_id, change)
+
+    async def record_ack(self, device_id: str, push_id: str, at: float) -> bool:
+        """Remember an ack (the last :data:`MAX_ACKS` per device, for a week); False if known."""
+        key = ACKS_KEY + device_id
+        with _unavailable("record_ack"):
+            async with self._client().pipeline(transaction=True) as pipe:
+                pipe.zadd(key, {push_id: at}, nx=True)
+                pipe.zremrangebyrank(key, 0, -MAX_ACKS - 1)
+                pipe.expire(key, STATUS_TTL_S)
+                replies = await pipe.execute()
+        return bool(replies[0])
+
+    async def get_acks(self, device_id: str) -> dict[str, float]:
+        """The device's recorded acks: push id → epoch seconds."""
+        with _unavailable("get_acks"):
+            pairs = await self._client().zrange(ACKS_KEY + device_id, 0, -1, withscores=True)
+        # (member, score) pairs in RESP2 and RESP3 alike, however redis-py types the reply.
+        return {_text(pair[0]): float(pair[1]) for pair in pairs}
 
     async def set_checkpoint(self, device_id: str, message_id: str, version_ms: int) -> None:
         """Remember the last message handed to a provider, unless a later one is stored."""
@@ -543,6 +582,9 @@ class RedisStore:
                     "token_hash": self._cipher.lookup_hash(r.token),
                     "disabled_reason": r.disabled_reason,
                     "updated_at": r.updated_at,
+                    "apns_environment": r.apns_environment,
+                    "content": r.content,
+                    "content_key": encrypt_key(self._cipher, r.content_key),
                 }
                 for push_type, r in device.registrations.items()
             },
@@ -577,6 +619,10 @@ class RedisStore:
                     token=decrypt(r["token"]),
                     disabled_reason=r["disabled_reason"],
                     updated_at=r["updated_at"],
+                    # Absent in devices written before these fields existed.
+                    apns_environment=r.get("apns_environment"),
+                    content=r.get("content"),
+                    content_key=decrypt_key(self._cipher, r.get("content_key")),
                 )
                 for push_type, r in data["registrations"].items()
             },

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from bridge.models import AppState, Device, Registration
-from bridge.store.base import Change, StoreUnavailable
-from bridge.store.crypto import TokenCipher, TokenCipherError
+from bridge.store.base import MAX_ACKS, Change, StoreUnavailable
+from bridge.store.crypto import TokenCipher, TokenCipherError, decrypt_key, encrypt_key
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE registrations ADD COLUMN token_hash TEXT;
     CREATE INDEX registrations_by_token ON registrations (token_hash);
+    """,
+    # 3: per registration, the APNs environment, the push content mode and the content key
+    # (encrypted like the token); and the apps' delivery receipts (acks).
+    """
+    ALTER TABLE registrations ADD COLUMN apns_environment TEXT;
+    ALTER TABLE registrations ADD COLUMN content TEXT;
+    ALTER TABLE registrations ADD COLUMN content_key_enc TEXT;
+    CREATE TABLE acks (
+        device_id TEXT NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
+        push_id   TEXT NOT NULL,
+        at        REAL NOT NULL,
+        PRIMARY KEY (device_id, push_id)
+    );
     """,
 )
 
@@ -249,6 +262,22 @@ class SqliteStore:
     async def set_checkpoint(self, device_id: str, message_id: str, version_ms: int) -> None:
         """Remember the last message handed to a provider, unless a later one is stored."""
         await self._run("set_checkpoint", self._checkpoint_sync, device_id, message_id, version_ms)
+
+    async def set_apns_environment(
+        self, device_id: str, push_type: str, token: str, environment: str
+    ) -> bool:
+        """Record the environment that accepted ``token``, while the registration still holds it."""
+        return await self._run(
+            "set_apns_environment", self._environment_sync, device_id, push_type, token, environment
+        )
+
+    async def record_ack(self, device_id: str, push_id: str, at: float) -> bool:
+        """Remember an ack (the last :data:`MAX_ACKS` per device); False if already recorded."""
+        return await self._run("record_ack", self._ack_sync, device_id, push_id, at)
+
+    async def get_acks(self, device_id: str) -> dict[str, float]:
+        """The device's recorded acks: push id → epoch seconds."""
+        return await self._run("get_acks", self._acks_sync, device_id)
 
     # ------------------------------------------------------------------ change feed
 
@@ -456,7 +485,8 @@ class SqliteStore:
         for chunk in _chunks([r[0] for r in rows], 500):
             marks = ",".join("?" * len(chunk))
             for reg in conn.execute(
-                "SELECT device_id, type, token_enc, disabled_reason, updated_at "
+                "SELECT device_id, type, token_enc, disabled_reason, updated_at, "
+                "apns_environment, content, content_key_enc "
                 f"FROM registrations WHERE device_id IN ({marks}) ORDER BY device_id, type",
                 chunk,
             ):
@@ -472,7 +502,13 @@ class SqliteStore:
             client_token=decrypt(row[2]),
             registrations={
                 r[1]: Registration(
-                    type=r[1], token=decrypt(r[2]), disabled_reason=r[3], updated_at=r[4]
+                    type=r[1],
+                    token=decrypt(r[2]),
+                    disabled_reason=r[3],
+                    updated_at=r[4],
+                    apns_environment=r[5],
+                    content=r[6],
+                    content_key=decrypt_key(self._cipher, r[7]),
                 )
                 for r in regs
             },
@@ -506,6 +542,12 @@ class SqliteStore:
         encrypt = self._cipher.encrypt
         conn = self._db()
         conn.execute("BEGIN IMMEDIATE")
+        # A new owner does not see the previous owner's receipts.
+        conn.execute(
+            "DELETE FROM acks WHERE device_id = ? AND device_id IN "
+            "(SELECT device_id FROM devices WHERE device_id = ? AND client_id != ?)",
+            (device.device_id, device.device_id, device.client_id),
+        )
         conn.execute(
             f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id) DO UPDATE SET "
@@ -539,8 +581,9 @@ class SqliteStore:
         conn.execute("DELETE FROM registrations WHERE device_id = ?", (device.device_id,))
         conn.executemany(
             "INSERT INTO registrations "
-            "(device_id, type, token_enc, disabled_reason, updated_at, token_hash) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "(device_id, type, token_enc, disabled_reason, updated_at, token_hash, "
+            "apns_environment, content, content_key_enc) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     device.device_id,
@@ -549,6 +592,9 @@ class SqliteStore:
                     r.disabled_reason,
                     r.updated_at,
                     self._cipher.lookup_hash(r.token),
+                    r.apns_environment,
+                    r.content,
+                    encrypt_key(self._cipher, r.content_key),
                 )
                 for push_type, r in device.registrations.items()
             ],
@@ -608,6 +654,44 @@ class SqliteStore:
         conn.execute("UPDATE devices SET updated_at = ? WHERE device_id = ?", (now, device_id))
         self._commit_change("upsert", device_id)
         return True
+
+    def _environment_sync(self, device_id: str, push_type: str, token: str, environment: str) -> bool:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(
+            "SELECT token_enc, apns_environment FROM registrations WHERE device_id = ? AND type = ?",
+            (device_id, push_type),
+        ).fetchone()
+        if row is None or row[1] == environment or self._cipher.decrypt(row[0]) != token:
+            conn.execute("ROLLBACK")
+            return False
+        conn.execute(
+            "UPDATE registrations SET apns_environment = ? WHERE device_id = ? AND type = ?",
+            (environment, device_id, push_type),
+        )
+        self._commit_change("upsert", device_id)
+        return True
+
+    def _ack_sync(self, device_id: str, push_id: str, at: float) -> bool:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO acks (device_id, push_id, at) "
+            "SELECT device_id, ?, ? FROM devices WHERE device_id = ?",
+            (push_id, at, device_id),
+        )
+        if cur.rowcount:
+            conn.execute(
+                "DELETE FROM acks WHERE device_id = ? AND push_id NOT IN "
+                "(SELECT push_id FROM acks WHERE device_id = ? ORDER BY at DESC LIMIT ?)",
+                (device_id, device_id, MAX_ACKS),
+            )
+        conn.execute("COMMIT")
+        return bool(cur.rowcount)
+
+    def _acks_sync(self, device_id: str) -> dict[str, float]:
+        rows = self._db().execute("SELECT push_id, at FROM acks WHERE device_id = ?", (device_id,))
+        return {r[0]: r[1] for r in rows}
 
     def _checkpoint_sync(self, device_id: str, message_id: str, version_ms: int) -> None:
         self._db().execute(

@@ -1,8 +1,8 @@
 """A device's last events for "why no push?", kept compactly.
 
 The same answer as a ``deque`` of 50 ``EventRecord`` objects (``GET /me/devices/{id}``: newest
-first, ``at``, ``event``, ``id``, ``room``, ``decision``, ``reason``, ``source``, ``results``),
-stored as columns of a ring: the times in an ``array`` of doubles, the decisions in a
+first, ``at``, ``event``, ``id``, ``room``, ``decision``, ``reason``, ``source``, ``results``,
+``pushes``), stored as columns of a ring: the times in an ``array`` of doubles, the decisions in a
 ``bytearray``, and one list holding references to the strings of each event (its name, message id
 and room are the event object's own strings, not copies; names are mapped to shared constants).
 What a push adds (push ids, provider results) is held in a tuple created only when a push
@@ -13,6 +13,7 @@ asked. Full, 50 events cost a few KiB and a handful of objects instead of 150.
 from __future__ import annotations
 
 from array import array
+from dataclasses import dataclass
 from typing import Any
 
 from bridge.push.provider import Delivered, Retry, SendResult, TokenInvalid
@@ -34,9 +35,10 @@ _PUSHES = 5
 class ProviderResult:
     """A provider's answer to one push (or the bridge's own, for a push never sent), as the API
     shows it (no token): ``type``, then ``provider`` and ``at`` when it reached a provider,
-    ``outcome``, ``id`` (delivered) or ``reason``, and ``latency`` (seconds) when known."""
+    ``outcome``, ``id`` (delivered) or ``reason``, ``latency`` (seconds) when known, and the
+    ``pushId`` it answers once recorded in a history."""
 
-    __slots__ = ("push_type", "outcome", "provider", "at", "detail_key", "detail", "latency")
+    __slots__ = ("push_type", "outcome", "provider", "at", "detail_key", "detail", "latency", "push_id")
 
     def __init__(
         self,
@@ -57,6 +59,7 @@ class ProviderResult:
         self.detail_key = detail_key
         self.detail = detail
         self.latency = latency
+        self.push_id: str | None = None
 
     @classmethod
     def of(
@@ -93,6 +96,8 @@ class ProviderResult:
             out[self.detail_key] = self.detail
         if self.latency is not None:
             out["latency"] = self.latency
+        if self.push_id is not None:
+            out["pushId"] = self.push_id
         return out
 
 
@@ -158,6 +163,7 @@ class History:
     def record_result(self, push_id: str, result: ProviderResult) -> bool:
         """A provider's answer: it becomes the last result, and joins the newest event that holds
         ``push_id`` (False when none does any more)."""
+        result.push_id = push_id
         self._last = result
         rows = self._rows
         for n in range(self._count - 1, self._count - len(self) - 1, -1):
@@ -192,6 +198,11 @@ class History:
                     "results": [
                         r.as_dict() for r in pushes or () if isinstance(r, ProviderResult)
                     ],
+                    # Each push handed to the dispatcher; ``shown`` is filled from the app's acks
+                    # by :func:`with_acks` where the view is built.
+                    "pushes": [
+                        {"pushId": p, "shown": None} for p in pushes or () if isinstance(p, str)
+                    ],
                 }
             )
         return out
@@ -202,4 +213,47 @@ class History:
             self._rows[i] = (*(self._rows[i] or ()), item)
 
 
-__all__ = ["HISTORY_SIZE", "History", "ProviderResult"]
+def with_acks(events: list[dict[str, Any]], acks: dict[str, float]) -> list[dict[str, Any]]:
+    """``events`` (as :meth:`History.as_dicts` gives them) with ``shown`` set on each push the app
+    acknowledged (epoch seconds of the ack); new dicts, the inputs are not changed. An event
+    without ``pushes`` (published by an older worker) is left as it is."""
+    return [
+        {
+            **e,
+            "pushes": [
+                {**p, "shown": acks.get(p.get("pushId", ""), p.get("shown"))} for p in e["pushes"]
+            ],
+        }
+        if "pushes" in e
+        else e
+        for e in events
+    ]
+
+
+def sent_push(events: list[dict[str, Any]], push_id: str) -> SentPush | None:
+    """Whether the events hold a push with ``push_id``, and its provider's answer if recorded.
+
+    The answer is the newest delivered one (a retried push has several), else the newest any.
+    """
+    for e in events:
+        if not any(p.get("pushId") == push_id for p in e.get("pushes", ())):
+            continue
+        answers = [r for r in e.get("results", ()) if r.get("pushId") == push_id and r.get("provider")]
+        delivered = [r for r in answers if r.get("outcome") == "delivered"]
+        best = (delivered or answers or [None])[-1]
+        if best is None:
+            return SentPush(provider=None, at=None)
+        return SentPush(provider=str(best["provider"]), at=float(best["at"]))
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SentPush:
+    """A push found in a device's history: the provider that answered it and when (None while
+    the answer is not recorded yet)."""
+
+    provider: str | None
+    at: float | None
+
+
+__all__ = ["HISTORY_SIZE", "History", "ProviderResult", "SentPush", "sent_push", "with_acks"]

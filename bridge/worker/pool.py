@@ -25,7 +25,15 @@ from bridge._backoff import Backoff
 from bridge.config import Settings
 from bridge.decide import DeviceView, Gap, UserView, apply_mute, decide, remember, route
 from bridge.metrics import Metrics
-from bridge.models import ApnsRequest, AppState, Device, Notification, Reason, SessionState
+from bridge.models import (
+    ApnsRequest,
+    AppState,
+    Device,
+    Notification,
+    Reason,
+    Registration,
+    SessionState,
+)
 from bridge.push.dispatcher import Dispatcher
 from bridge.push.provider import Retry, SendResult, TokenInvalid
 from bridge.store.base import Store, StoreUnavailable
@@ -703,7 +711,9 @@ class WorkerPool:
                 push_type=reg.type,
                 locale=device.locale,
                 badge=user.badge,
-                content=self._settings.push_content,
+                content=reg.content or self._settings.push_content,
+                content_key=reg.content_key,
+                hidden_room_name=self._settings.push_hidden_room_name,
             )
             try:
                 if isinstance(payload, Message):
@@ -716,7 +726,7 @@ class WorkerPool:
                 log.warning("notification cannot be composed", extra={"device_id": device.device_id, "error": str(exc)})
                 rt.history.add_result(ticket, ProviderResult.local(reg.type, "failed", "compose_error"))
                 continue
-            n = notification_for(device.device_id, reg.type, reg.token, kind, ident, req, received_at)
+            n = notification_for(device.device_id, reg, kind, ident, req, received_at)
             rt.history.add_push(ticket, n.push_id)
             if isinstance(payload, Message):
                 rt.pending[n.push_id] = payload.version_ms
@@ -814,10 +824,17 @@ class WorkerPool:
         regs = {r.type: r for r in device.active_registrations}
         for push_type in route("summary", None, regs):
             reg = regs[push_type]
-            target = compose.Target(push_type=reg.type, locale=device.locale, badge=user.badge, content=self._settings.push_content)
+            target = compose.Target(
+                push_type=reg.type,
+                locale=device.locale,
+                badge=user.badge,
+                content=reg.content or self._settings.push_content,
+                content_key=reg.content_key,
+                hidden_room_name=self._settings.push_hidden_room_name,
+            )
             req = compose.compose_summary(summary.room_id, summary.count, target, now=now, room_name=summary.room_name or user.room_names.get(summary.room_id))
             ident = f"{summary.room_id}:{summary.newest.id}"
-            n = notification_for(device.device_id, reg.type, reg.token, "summary", ident, req, time.monotonic())
+            n = notification_for(device.device_id, reg, "summary", ident, req, time.monotonic())
             rt.history.add_push(ticket, n.push_id)
             rt.pending[n.push_id] = summary.newest.version_ms
             if not await self._dispatcher.submit(n):
@@ -843,7 +860,7 @@ class WorkerPool:
             target = compose.Target(push_type=reg.type, locale=device.locale, badge=badge)
             req = compose.compose_badge(target, badge, now=now)
             n = notification_for(
-                device.device_id, reg.type, reg.token, "badge", f"{badge}:{now:.3f}", req, time.monotonic()
+                device.device_id, reg, "badge", f"{badge}:{now:.3f}", req, time.monotonic()
             )
             await self._dispatcher.submit(n)
 
@@ -972,19 +989,25 @@ def _room_of(payload: Any) -> str | None:
 
 def notification_for(
     device_id: str,
-    push_type: str,
-    token: str,
+    reg: Registration,
     kind: str,
     ident: str,
     req: Any,
     received_at: float,
 ) -> Notification:
-    """One push of a composed request to one token; its id is stable per (device, type, kind, ident)."""
+    """One push of a composed request to one registration; its id is stable per (device, type, kind, ident).
+
+    The request gets the id as ``pushId`` (DESIGN §2), which the app sends back to acknowledge
+    the push; compose keeps room for it within the size limits.
+    """
+    push_id = compose.push_id(f"{device_id}/{reg.type}", kind, ident)
+    req = compose.with_push_id(req, push_id)
     return Notification(
         device_id=device_id,
-        push_type=push_type,
-        token=token,
-        push_id=compose.push_id(f"{device_id}/{push_type}", kind, ident),
+        push_type=reg.type,
+        token=reg.token,
+        apns_environment=reg.apns_environment,
+        push_id=push_id,
         kind=kind,
         apns=req if isinstance(req, ApnsRequest) else None,
         fcm=None if isinstance(req, ApnsRequest) else req,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -90,6 +91,30 @@ async def test_subscribe_is_idempotent_and_updates(bridge: RunningBridge, sim: I
     assert dev is not None and dev.registrations["ios"].token == "cd" * 32
 
 
+async def test_subscribe_remembers_environment_content_and_key(bridge: RunningBridge, sim: ImkitSim) -> None:
+    key1, key2 = bytes(range(32)), bytes(range(1, 33))
+    async with bridge.client(sim.issue_token("alice")) as c:
+        body = sub(apnsEnvironment="sandbox", content="encrypted", contentKey=base64.urlsafe_b64encode(key1).decode().rstrip("="))
+        r = await c.post("/me/subscribe", json=body)
+        assert r.status_code == 200, r.text
+        reg = r.json()["result"]["registrations"][0]
+        assert (reg["apnsEnvironment"], reg["content"], reg["hasContentKey"]) == ("sandbox", "encrypted", True)
+        assert base64.b64encode(key1).decode() not in r.text
+        dev = await bridge.bridge.store.get_device("dev1")
+        assert dev is not None and dev.registrations["ios"].content_key == key1
+        # A token refresh that omits the optional fields keeps the mode and key, not the
+        # environment (a new token may come from another build); a new key rotates it.
+        r = await c.post("/me/subscribe", json=sub(token="cd" * 32, contentKey=base64.b64encode(key2).decode()))
+        reg = r.json()["result"]["registrations"][0]
+        assert (reg["apnsEnvironment"], reg["content"]) == (None, "encrypted")
+        dev = await bridge.bridge.store.get_device("dev1")
+        assert dev is not None and dev.registrations["ios"].content_key == key2
+        # FCM registrations show no APNs environment.
+        r = await c.post("/me/subscribe", json=sub(type_="fcm", token="f1"))
+        fcm = next(x for x in r.json()["result"]["registrations"] if x["type"] == "fcm")
+        assert "apnsEnvironment" not in fcm and fcm["content"] is None and fcm["hasContentKey"] is False
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
@@ -104,6 +129,14 @@ async def test_subscribe_is_idempotent_and_updates(bridge: RunningBridge, sim: I
         ({"type": "ios", "token": IOS_TOKEN, "deviceId": "d", "locale": "<script>"}, 400, "INVALID_PARAMETER"),
         ({"type": "ios", "token": IOS_TOKEN, "deviceId": "d", "state": "asleep"}, 400, "INVALID_PARAMETER"),
         ({"type": 5, "token": IOS_TOKEN, "deviceId": "d"}, 400, "INVALID_PARAMETER"),
+        ({"type": "ios", "token": IOS_TOKEN, "deviceId": "d", "apnsEnvironment": "staging"}, 400, "INVALID_PARAMETER"),
+        ({"type": "fcm", "token": "t", "deviceId": "d", "apnsEnvironment": "sandbox"}, 400, "INVALID_PARAMETER"),
+        ({"type": "ios", "token": IOS_TOKEN, "deviceId": "d", "content": "secret"}, 400, "INVALID_PARAMETER"),
+        ({"type": "ios", "token": IOS_TOKEN, "deviceId": "d", "content": "encrypted"}, 400, "MISSING_PARAMETER"),
+        # 31 bytes, 33 bytes, not base64:
+        ({"type": "ios", "token": IOS_TOKEN, "deviceId": "d", "contentKey": base64.b64encode(b"k" * 31).decode()}, 400, "INVALID_PARAMETER"),
+        ({"type": "ios", "token": IOS_TOKEN, "deviceId": "d", "contentKey": base64.b64encode(b"k" * 33).decode()}, 400, "INVALID_PARAMETER"),
+        ({"type": "ios", "token": IOS_TOKEN, "deviceId": "d", "contentKey": "!" * 44}, 400, "INVALID_PARAMETER"),
     ],
 )
 async def test_subscribe_validation(bridge: RunningBridge, sim: ImkitSim, body: dict[str, Any], status: int, code: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import httpx
 from conftest import wait_for
 
 from bridge.config import Settings
+from bridge.demo import PRIVATE_TEXT
 from bridge.models import ApnsRequest, Notification
 from bridge.push.apns import ApnsProvider
 from bridge.push.provider import Delivered
@@ -36,9 +38,32 @@ def test_demo_narrates_the_whole_flow() -> None:
         "suppressed (muted)",
         "suppressed (duplicate)",
         "invitation   room=party: pushed",
-        "APNs got: status=200 push-type=background silent badge=",
+        "APNs got for alice-iphone: status=200 push-type=background silent badge=",
+        # Privacy modes (issue 14): what the providers got for the private devices, and the iPad's decryption.
+        'APNs got for alice-ipad:   status=200 push-type=alert alert={"title": "New message", "body": "You have a new message"}',
+        "FCM  got for alice-tablet: status=200 title='New message' body='You have a new message'",
+        f"opens enc with its key (AES-256-GCM, docs/privacy.md): title='Bob' body={PRIVATE_TEXT!r}",
+        "Apple and Google got neither the text nor the sender for the iPad and the tablet",
+        'GET /metrics: bridge_push_acks_total{provider="apns"} 1.0',
     ):
         assert expected in out, f"{expected!r} missing from:\n{out}"
+    lines = out.splitlines()
+    ipad = next(line for line in lines if "APNs got for alice-ipad:" in line)
+    tablet = next(line for line in lines if "FCM  got for alice-tablet:" in line)
+    assert "content=encrypted enc=" in ipad and "content=hidden" in tablet
+    assert PRIVATE_TEXT not in ipad + tablet
+    assert f"APNs got for alice-iphone: status=200 push-type=alert alert={{\"title\": \"Bob\", \"body\": \"{PRIVATE_TEXT}\"" in out
+
+    # The ack: the pushId the iPad got, answered 200, then ``shown`` on that push (and not on the tablet's).
+    push_id = re.search(r"the push carries pushId=([0-9a-f]{32}) in clear", out)
+    assert push_id, out
+    acked = re.search(r"POST /me/devices/alice-ipad/ack → (\d+) (\{.*\})", out)
+    assert acked and acked[1] == "200", out
+    answer = json.loads(acked[2])
+    assert answer["deviceId"] == "alice-ipad" and answer["pushId"] == push_id[1]
+    shown = re.search(rf"GET /me/devices/alice-ipad +chat message room=general pushId={push_id[1][:8]}… shown=([\d.]+) ", out)
+    assert shown and abs(float(shown[1]) - answer["ackedAt"]) < 0.01, out
+    assert re.search(r"GET /me/devices/alice-tablet +chat message room=general pushId=[0-9a-f]{8}… shown=null ", out), out
 
 
 def test_check_names_what_is_wrong(tmp_path: Path) -> None:

@@ -474,7 +474,7 @@ async def test_idle_timeout_is_configurable(make_provider: MakeProvider, sim: Ap
 
 async def test_default_idle_timeout_outlasts_aioapns_ten_seconds(provider: ApnsProvider) -> None:
     assert isinstance(await provider.send(note(new_token())), Delivered)
-    [conn] = provider._current.client.pool.connections  # type: ignore[union-attr]
+    [conn] = provider._current["production"].client.pool.connections
     assert conn.INACTIVITY_TIME > 10
 
 
@@ -514,7 +514,7 @@ def test_from_settings_without_credentials_is_an_error() -> None:
         ApnsProvider.from_settings(Settings(apns_topic=TOPIC))
 
 
-def test_from_settings_sandbox_picks_apples_development_host(pki: Pki) -> None:
+def test_from_settings_sandbox_picks_apples_sandbox_host(pki: Pki) -> None:
     settings = Settings(
         apns_key_file=str(pki.key.key_file),
         apns_key_id=pki.key.key_id,
@@ -522,7 +522,9 @@ def test_from_settings_sandbox_picks_apples_development_host(pki: Pki) -> None:
         apns_topic=TOPIC,
         apns_sandbox=True,
     )
-    assert "api.development.push.apple.com" in repr(ApnsProvider.from_settings(settings))
+    provider = ApnsProvider.from_settings(settings)
+    assert provider.default_environment == "sandbox"
+    assert provider.endpoints["sandbox"] == ("api.sandbox.push.apple.com", 443)
 
 
 async def test_no_token_or_key_in_logs_or_repr(

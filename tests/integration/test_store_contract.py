@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,7 +14,7 @@ import pytest
 import redis.asyncio
 
 from bridge.models import AppState, Device, Registration
-from bridge.store.base import Change, Store, StoreUnavailable
+from bridge.store.base import MAX_ACKS, Change, Store, StoreUnavailable
 from bridge.store.crypto import TokenCipher, TokenCipherError
 from bridge.store.redis import RedisStore
 from bridge.store.sqlite import SqliteStore
@@ -444,3 +445,52 @@ async def test_close_ends_the_feed(store: Store) -> None:
     assert reader.ended
     with pytest.raises(StoreUnavailable):  # a closed store has no feed to follow
         await anext(store.changes())
+
+
+# ---------------------------------------------------------------------------- issue 14 fields
+
+
+async def test_registration_environment_content_and_key_round_trip(backend: Backend, store: Store) -> None:
+    key = bytes(range(32))
+    device = make_device("dev-1")
+    device.registrations["ios"].apns_environment = "sandbox"
+    device.registrations["ios"].content = "encrypted"
+    device.registrations["ios"].content_key = key
+    await store.put_device(device)
+    got = await store.get_device("dev-1")
+    assert got == device and got is not None
+    assert got.registrations["ios"].content_key == key
+    assert got.registrations["ios-voip"].apns_environment is None  # untouched: the default
+    # The content key is a secret, stored encrypted like the tokens.
+    await store.close()
+    raw = await backend.raw()
+    assert key not in raw and base64.b64encode(key) not in raw
+
+
+async def test_set_apns_environment_only_for_the_token_it_was_about(store: Store) -> None:
+    device = make_device("dev-1")
+    token = device.registrations["ios"].token
+    await store.put_device(device)
+    assert await store.set_apns_environment("dev-1", "ios", "another-token", "sandbox") is False
+    assert await store.set_apns_environment("dev-1", "ios", token, "sandbox") is True
+    assert await store.set_apns_environment("dev-1", "ios", token, "sandbox") is False  # no change
+    assert await store.set_apns_environment("nope", "ios", token, "sandbox") is False
+    got = await store.get_device("dev-1")
+    assert got is not None and got.registrations["ios"].apns_environment == "sandbox"
+
+
+async def test_acks_are_kept_per_device_bounded_and_go_with_the_owner(store: Store) -> None:
+    await store.put_device(make_device("dev-1", "alice"))
+    assert await store.record_ack("dev-1", "p1", 10.0) is True
+    assert await store.record_ack("dev-1", "p1", 11.0) is False  # the first ack counts
+    assert await store.get_acks("dev-1") == {"p1": 10.0}
+    for i in range(MAX_ACKS + 5):
+        await store.record_ack("dev-1", f"q{i}", 100.0 + i)
+    acks = await store.get_acks("dev-1")
+    assert len(acks) == MAX_ACKS and "p1" not in acks and f"q{MAX_ACKS + 4}" in acks
+    # Another owner starts without them; a deleted device takes them along.
+    await store.put_device(make_device("dev-1", "bob"))
+    assert await store.get_acks("dev-1") == {}
+    await store.record_ack("dev-1", "p2", 20.0)
+    await store.delete_device("dev-1")
+    assert await store.get_acks("dev-1") == {}

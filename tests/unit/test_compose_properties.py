@@ -18,8 +18,11 @@ from bridge.compose import (
     compose_invitation,
     compose_message,
     compose_summary,
+    push_id,
+    with_push_id,
 )
-from bridge.models import ApnsRequest, FcmRequest
+from bridge.models import ApnsRequest, FcmRequest, PushContent
+from bridge.seal import open_sealed
 from bridge.upstream.protocol import Invitation, Message
 
 PROPS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -51,6 +54,8 @@ JSON = st.recursive(
     ),
     max_leaves=12,
 )
+#: The device key of ``encrypted`` targets.
+KEY = bytes(range(32))
 IDS = st.text(st.characters(exclude_categories=()), min_size=1, max_size=40)
 MESSAGE_TYPES = st.one_of(
     st.sampled_from(
@@ -63,7 +68,8 @@ TARGETS = st.builds(
     push_type=st.sampled_from(["ios", "ios-voip", "fcm", "android", "web"]),
     locale=st.sampled_from([None, "en", "zh-TW", "zh-CN", "ja", "ko", "xx"]),
     badge=st.one_of(st.none(), st.integers(0, 10**6)),
-    content=st.sampled_from(["full", "full", "minimal"]),
+    content=st.sampled_from(["full", "full", "hidden", "encrypted"]),
+    content_key=st.just(KEY),
 )
 
 
@@ -105,8 +111,13 @@ def fcm_json(req: FcmRequest) -> bytes:
     return json.dumps(present, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+#: Every push gets its ``pushId`` after composing (pool.notification_for): measured with it.
+PUSH_ID = push_id("device-1/ios", "message", "m-1")
+
+
 def check(req: ApnsRequest | FcmRequest) -> dict[str, str]:
-    """The invariants of every composed push; returns its data block."""
+    """The invariants of every composed push, as sent (with its pushId); returns its data block."""
+    req = with_push_id(req, PUSH_ID)
     if isinstance(req, ApnsRequest):
         limit = APNS_VOIP_LIMIT if req.push_type == "voip" else APNS_LIMIT
         wire = json.dumps(req.payload, ensure_ascii=False).encode("utf-8")  # strict: no surrogates
@@ -122,16 +133,33 @@ def check(req: ApnsRequest | FcmRequest) -> dict[str, str]:
         data = req.data
         assert fcm_bytes(req) <= FCM_LIMIT
         assert len(fcm_json(req)) <= FCM_LIMIT
+    check_block(data)
+    if "enc" in data:  # encrypted: what the app decrypts is a full push's data block
+        check_block(json.loads(open_sealed(KEY, data["enc"])))
+    return data
+
+
+def shown(data: dict[str, str]) -> dict[str, str] | None:
+    """The content the app shows: the data block, sealed or not; None for ``hidden``."""
+    if "enc" in data:
+        inner: dict[str, str] = json.loads(open_sealed(KEY, data["enc"]))
+        return inner
+    return None if data.get("content") == "hidden" else data
+
+
+def check_block(data: dict[str, str]) -> None:
     assert all(isinstance(v, str) for v in data.values())
-    args = json.loads(data["loc-args"])
-    assert isinstance(args, list) and all(isinstance(a, str) for a in args)
+    if data.get("content") in ("hidden", "encrypted"):
+        assert "loc-key" not in data and "loc-args" not in data
+    else:
+        args = json.loads(data["loc-args"])
+        assert isinstance(args, list) and all(isinstance(a, str) for a in args)
     if "payload" in data:
 
         def reject(name: str) -> None:
             raise AssertionError(f"non-standard JSON constant {name}")
 
         json.loads(data["payload"], parse_constant=reject)
-    return data
 
 
 @PROPS
@@ -140,10 +168,8 @@ def test_message_always_fits(msg: Message, target: Target, room_name: str | None
     req = compose_message(msg, target, now=1_700_000_000.0, room_name=room_name)
     data = check(req)
     assert data["type"].startswith("message:")
-    if target.content == "minimal":
-        assert "payload" not in data
-    else:
-        assert ("payload" in data) or data.get("payloadTrimmed") == "1"
+    inner = shown(data) or data  # hidden: the ids payload
+    assert ("payload" in inner) or inner.get("payloadTrimmed") == "1"
     title = data["title"]
     assert len(title) <= NAME_MAX + 1 or title.endswith(ELLIPSIS)
 
@@ -161,7 +187,10 @@ def test_small_text_is_never_trimmed(text: str, nickname: str, target: Target) -
     )
     data = check(compose_message(msg, target, now=0.0))
     assert "payloadTrimmed" not in data
-    if target.content == "full":
+    inner = shown(data)
+    if inner is not None:  # encrypted too: the base64 budget leaves room for a short text
+        data = inner
+        assert "payloadTrimmed" not in data
         assert json.loads(data["loc-args"]) == [nickname, text]
         assert json.loads(data["payload"])["message"] == text
 
@@ -173,9 +202,10 @@ def test_trimmed_body_is_a_prefix_plus_ellipsis(text: str, target: Target) -> No
     msg = Message.model_validate(
         {"_id": "m1", "room": "r1", "message": text, "sender": {"_id": "u", "nickname": "A"}}
     )
-    data = check(compose_message(msg, target, now=0.0))
-    if target.content == "minimal" or not clean:
+    inner = shown(check(compose_message(msg, target, now=0.0)))
+    if inner is None or not clean:
         return  # no text shown: covered by the table tests
+    data = inner
     body = data["body"]
     assert body == clean or (body.endswith(ELLIPSIS) and clean.startswith(body[: -len(ELLIPSIS)]))
 
@@ -194,10 +224,10 @@ def test_invitation_and_summary_always_fit(
     raw: dict[str, Any] = {"room": {"_id": room_id, "name": room_name}, "extra": extra}
     if inviter is not None:
         raw["inviter"] = {"_id": "u", "nickname": inviter}
-    data = check(compose_invitation(Invitation.model_validate(raw), target, now=0.0))
-    assert len(json.loads(data["loc-args"])) == 2
-    data = check(compose_summary(room_id, 3, target, now=0.0, room_name=room_name))
-    assert json.loads(data["loc-args"]) == ["3"]
+    data = shown(check(compose_invitation(Invitation.model_validate(raw), target, now=0.0)))
+    assert data is None or len(json.loads(data["loc-args"])) == 2
+    data = shown(check(compose_summary(room_id, 3, target, now=0.0, room_name=room_name)))
+    assert data is None or json.loads(data["loc-args"]) == ["3"]
 
 
 #: The five languages, by the locales apps send.
@@ -224,6 +254,7 @@ ANY_TEXT = st.builds(
     push_type=st.sampled_from(["ios", "ios-voip", "fcm", "android", "web"]),
     message_type=st.sampled_from(["text", "image", "invitation", "summary"]),
     badge=st.one_of(st.none(), st.integers(0, 10**6)),
+    content=st.sampled_from(["full", "hidden", "encrypted"]),
 )
 def test_every_push_fits_its_provider_limit(
     text: str,
@@ -233,9 +264,10 @@ def test_every_push_fits_its_provider_limit(
     push_type: str,
     message_type: str,
     badge: int | None,
+    content: PushContent,
 ) -> None:
     """FCM: data + notification title/body ≤ 4096 (the whole message too); APNs ≤ 4096 / 5120."""
-    target = Target(push_type, locale, badge=badge)
+    target = Target(push_type, locale, badge=badge, content=content, content_key=KEY)
     if message_type == "invitation":
         raw = {
             "room": {"_id": "room-1", "name": room_name},
@@ -253,6 +285,7 @@ def test_every_push_fits_its_provider_limit(
             "sender": {"_id": "u", "nickname": sender},
         }
         req = compose_message(Message.model_validate(m), target, now=0.0, room_name=room_name)
+    req = with_push_id(req, PUSH_ID)
     if isinstance(req, FcmRequest):
         assert fcm_bytes(req) <= FCM_LIMIT
         assert len(fcm_json(req)) <= FCM_LIMIT

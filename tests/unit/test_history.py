@@ -16,11 +16,19 @@ import pytest
 from bridge.models import Notification
 from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
 from bridge.upstream.protocol import EVENTS
-from bridge.worker.history import HISTORY_SIZE, History, ProviderResult
+from bridge.worker.history import (
+    HISTORY_SIZE,
+    History,
+    ProviderResult,
+    SentPush,
+    sent_push,
+    with_acks,
+)
 
 # ---------------------------------------------------------------- the reference: the old code
 # ``EventRecord`` and ``result_dict`` as bridge/worker/pool.py had them (commit 9637fd9), and the
-# way the pool used them: the API answer must not change.
+# way the pool used them: the API answer must not change (but for what issue 14 added: each
+# event's ``pushes`` and each answer's ``pushId``, for the app's acks).
 
 
 @dataclass(slots=True)
@@ -45,6 +53,7 @@ class EventRecord:
             "reason": self.reason,
             "source": self.source,
             "results": list(self.results),
+            "pushes": [{"pushId": p, "shown": None} for p in self.push_ids],
         }
 
 
@@ -75,6 +84,7 @@ class Old:
     def handle_result(self, n: Notification, result: SendResult, at: float, latency: float) -> None:
         info = result_dict(n, result, at)
         info["latency"] = round(latency, 4)
+        info["pushId"] = n.push_id
         self.last_result = info
         for record in reversed(self.history):
             if n.push_id in record.push_ids:
@@ -167,12 +177,45 @@ def test_results_attach_to_the_newest_event_with_that_push_id_and_no_other() -> 
     events = h.as_dicts()
     assert [len(e["results"]) for e in events] == [0, 1, 0]
     assert events[1]["results"] == [
-        {"type": "ios", "provider": "apns", "at": 4.0, "outcome": "delivered", "id": "x", "latency": 0.1235}
+        {"type": "ios", "provider": "apns", "at": 4.0, "outcome": "delivered", "id": "x", "latency": 0.1235, "pushId": "p1"}
     ]
+    assert events[1]["pushes"] == [{"pushId": "p1", "shown": None}]
     # An answer for a push no event holds any more still becomes the last result.
     failed = ProviderResult.of("fcm", "fcm", Failed("boom"), at=5.0, latency=1)
     assert not h.record_result("p-unknown", failed)
-    assert h.last_result == {"type": "fcm", "provider": "fcm", "at": 5.0, "outcome": "failed", "reason": "boom", "latency": 1}
+    assert h.last_result == {"type": "fcm", "provider": "fcm", "at": 5.0, "outcome": "failed", "reason": "boom", "latency": 1, "pushId": "p-unknown"}
+
+
+def test_acks_show_on_their_push_only_and_inputs_stay_unchanged() -> None:
+    h = History()
+    t = h.add(1.0, "chat message", "m1", "r1", pushed=True, reason="pushed")
+    h.add_push(t, "p-ios")
+    h.add_push(t, "p-fcm")
+    h.add(2.0, "typing", None, "r1", pushed=False, reason="event_not_pushed")
+    events = h.as_dicts()
+    shown = with_acks(events, {"p-fcm": 9.5, "p-elsewhere": 3.0})
+    assert [e["pushes"] for e in shown] == [[], [{"pushId": "p-ios", "shown": None}, {"pushId": "p-fcm", "shown": 9.5}]]
+    assert events[1]["pushes"][1]["shown"] is None  # a copy: the history's answer is not changed
+    # A status an older worker published (no ``pushes``) passes through as it is.
+    assert with_acks([{"id": "m0"}], {"p": 1.0}) == [{"id": "m0"}]
+
+
+def test_sent_push_finds_the_push_and_its_delivered_answer() -> None:
+    h = History()
+    t = h.add(1.0, "chat message", "m1", "r1", pushed=True, reason="pushed")
+    h.add_push(t, "p1")
+    h.add_push(t, "p2")
+    assert sent_push(h.as_dicts(), "p1") == SentPush(provider=None, at=None)  # not answered yet
+    h.record_result("p1", ProviderResult.of("ios", "apns", Retry("TooManyRequests", 1.0), at=2.0, latency=0.1))
+    h.record_result("p2", ProviderResult.of("fcm", "fcm", Delivered("f"), at=2.5, latency=0.1))
+    h.record_result("p1", ProviderResult.of("ios", "apns", Delivered("a"), at=3.0, latency=0.1))
+    h.record_result("p1", ProviderResult.of("ios", "apns", Retry("late", 1.0), at=4.0, latency=0.1))
+    events = h.as_dicts()
+    assert sent_push(events, "p1") == SentPush(provider="apns", at=3.0)  # the delivered answer
+    assert sent_push(events, "p2") == SentPush(provider="fcm", at=2.5)
+    assert sent_push(events, "p3") is None
+    h.add_result(h.add(5.0, "chat message", "m2", "r1", pushed=True, reason="pushed"), ProviderResult.local("ios", "failed", "compose_error"))
+    assert sent_push(h.as_dicts(), "p1") == SentPush(provider="apns", at=3.0)
 
 
 def test_bounded_at_50_and_a_stale_ticket_is_ignored() -> None:
