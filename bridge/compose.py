@@ -369,6 +369,38 @@ def with_push_id(req: Request, push_id: str) -> Request:
     return replace(req, data={**req.data, PUSH_ID_KEY: push_id})
 
 
+#: The badge a composition shared between devices is made with (:func:`with_badge` then puts
+#: each device's own in its place): as wide as any badge up to it, so the copy fits as well.
+BADGE_ROOM = 999_999
+
+
+def with_badge(req: Request, badge: int | None) -> Request:
+    """A copy of ``req``, composed with ``badge=BADGE_ROOM``, carrying ``badge`` instead.
+
+    None removes the badge. ``badge`` must be within ``0..BADGE_ROOM``: a wider number could
+    push the request over its size limit (compose such a push on its own).
+    """
+    if badge is not None and not 0 <= badge <= BADGE_ROOM:
+        raise ValueError(f"badge {badge} is outside 0..{BADGE_ROOM}")
+    if isinstance(req, ApnsRequest):
+        payload = dict(req.payload)
+        aps = dict(payload["aps"])
+        _set_badge(aps, badge)
+        payload["aps"] = aps
+        _set_badge(payload, None if badge is None else str(badge))
+        return replace(req, payload=payload)
+    data = dict(req.data)
+    _set_badge(data, None if badge is None else str(badge))
+    return replace(req, data=data)
+
+
+def _set_badge(block: dict[str, Any], value: object) -> None:
+    if value is None:
+        block.pop("badge", None)
+    elif "badge" in block:
+        block["badge"] = value
+
+
 def fits(req: Request) -> bool:
     """Whether a request is within its provider's size limit (see module docstring), counting the
     ``pushId`` added after composing: measured with one of the same length (32 hex characters)."""

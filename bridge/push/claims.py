@@ -15,6 +15,10 @@ class Claims(Protocol):
     workers that briefly both hold a device during a hand-over still send each push once.
     """
 
+    #: Whether other processes share these claims. Only then can another one take a claim over,
+    #: so only then is a send marked (:meth:`sending`); in one process that is a task per push saved.
+    shared: bool
+
     async def claim(self, push_id: str, ttl: float) -> bool:
         """Take ``push_id`` for ``ttl`` seconds; True only the first time within that window."""
         ...
@@ -49,6 +53,8 @@ class MemoryClaims:
     ``max_entries`` the oldest live entry is forgotten (a duplicate of it could then slip through,
     which is the price of bounded memory).
     """
+
+    shared = False
 
     def __init__(
         self, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic

@@ -286,7 +286,7 @@ class Dispatcher:
             await self._give_up(lane, item, "max_age")
             return
         marking: asyncio.Task[bool] | None = None
-        if n.attempt == 0:
+        if n.attempt == 0 and self._claims.shared:
             # Mark the claim as being sent: a worker killed after the mark leaves the push to
             # nobody (it may have gone out), one killed before leaves it to the next owner. The
             # mark runs alongside the send, so both writes leave within about one loop step,

@@ -351,6 +351,8 @@ class RedisClaims:
     over finds out before it sends, and leaves the push to the new holder.
     """
 
+    shared = True
+
     def __init__(self, redis: Redis, membership: Membership, *, prefix: str = CLAIM_PREFIX) -> None:
         self._redis = redis
         self._membership = membership
