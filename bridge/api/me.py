@@ -27,8 +27,9 @@ from bridge.api.schemas import (
 )
 from bridge.api.views import device_view
 from bridge.models import AppState, Device, Registration, provider_for
+from bridge.worker.fanout import notification_for
 from bridge.worker.history import SentPush, sent_push
-from bridge.worker.pool import notification_for, result_dict
+from bridge.worker.results import result_dict
 
 log = logging.getLogger(__name__)
 router = APIRouter(

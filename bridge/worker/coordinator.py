@@ -121,10 +121,14 @@ class ShardCoordinator:
             if self._closed:
                 return
             if self._step_failed:
-                # The last step failed (Redis out of reach): the other workers' heartbeats may
-                # have lapsed meanwhile, ours surviving by a moment, and they are no less alive.
-                # Take nothing new until they had a tick or two to beat again.
-                self._settle_until = max(self._settle_until, time.monotonic() + SETTLE_TICKS * self._tick)
+                # The last step failed (Redis out of reach): the other workers' heartbeats and
+                # leases may have lapsed meanwhile, ours surviving by a moment, and they are no
+                # less alive. Take nothing new for a whole lease TTL: a live worker renews (re-takes)
+                # its lapsed leases within that by definition, so only a dead one's are left then.
+                # Sooner, a busy peer's device could be taken and backfilled from a checkpoint its
+                # owner could not write during the outage: its pushes from then would go out twice.
+                wait = max(SETTLE_TICKS * self._tick, self._leases.ttl + self._tick)
+                self._settle_until = max(self._settle_until, time.monotonic() + wait)
             self._step_failed = True  # until this step gets to its end
             # Renew first: a failing store (device_ids) must not let our leases lapse.
             await self._keepalive()

@@ -251,6 +251,12 @@ async def test_sharded_workers_hand_over_without_loss_or_duplicates(cluster: Clu
         async with httpx.AsyncClient(base_url=api, timeout=10) as c:
             r = await c.get(f"/me/devices/dev-{bad}", headers={"IM-Authorization": imkit.issue_token(bad)})
             print("status of", bad, json.dumps(r.json()["result"], indent=1)[:3000])
+    if missing or duplicates:
+        # What the workers did with devices (hand-overs, lost leases, outages), to explain it.
+        for name in cluster.workers:
+            for line in (cluster.tmp / f"{name}.log").read_text(errors="replace").splitlines():
+                if re.search(r"handed over|taken over|coordinator|claim|checkpoint", line):
+                    print(name, line[:300])
     assert not missing, missing[:10]
     assert not duplicates, duplicates[:10]
     assert rehome <= LEASE_TTL + 5

@@ -30,7 +30,7 @@ from bridge.decide import SILENT_MESSAGE_TYPES
 from bridge.models import PUSH_CONTENTS, ApnsRequest, Notification, PushContent, Registration
 from bridge.seal import open_sealed
 from bridge.upstream.protocol import Invitation, Message
-from bridge.worker.pool import notification_for
+from bridge.worker.fanout import notification_for
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "mobile.md"
 KEY = bytes(range(32))
