@@ -44,6 +44,11 @@ class Claims(Protocol):
         """Give ``push_id`` back (a push given up before any send), so a later try may claim it."""
         ...
 
+    async def reachable(self) -> bool:
+        """Whether claims can be checked now (a backfill waits while they cannot, see
+        :meth:`bridge.push.dispatcher.Dispatcher.claims_reachable`)."""
+        ...
+
 
 class MemoryClaims:
     """In-process claims, bounded by ``max_entries``.
@@ -92,6 +97,10 @@ class MemoryClaims:
     async def release(self, push_id: str) -> None:
         """Forget ``push_id`` (no error if it is unknown or already expired)."""
         self._expiry.pop(push_id, None)
+
+    async def reachable(self) -> bool:
+        """Always True: they are in this process."""
+        return True
 
     def _purge(self, now: float) -> None:
         # Stops at the first live entry: entries claimed with a longer TTL than a later one may

@@ -248,6 +248,19 @@ class Dispatcher:
         self._update_depth()
         return True
 
+    async def claims_reachable(self) -> bool:
+        """Whether the claims can be checked now (never raises).
+
+        A live push whose claim cannot be checked goes out unchecked: only its device's holder
+        sees the event, and losing it would be worse. A backfill is different: it re-fetches what
+        the device's previous owner may have pushed already, and only the claims tell; so it
+        asks here first and waits (retries later) while they are out of reach.
+        """
+        try:
+            return await self._claims.reachable()
+        except Exception:
+            return False
+
     async def send_now(self, n: Notification) -> SendResult:
         """Send ``n`` once, now, bypassing queue, claims and retries (the test push).
 

@@ -15,6 +15,7 @@ from bridge.config import Settings
 from bridge.decide import DeviceView, Gap, UserView, decide
 from bridge.metrics import Metrics
 from bridge.models import AppState
+from bridge.push.dispatcher import Dispatcher
 from bridge.upstream.protocol import Message
 from bridge.upstream.rest import ImkitRest, InvalidToken, RequestRejected, UpstreamUnavailable
 from bridge.worker.backfill import fetch_missed, plan_backfill
@@ -36,8 +37,10 @@ class CatchUp:
         metrics: Metrics,
         users: UserFacts,
         fanout: Fanout,
+        dispatcher: Dispatcher,
     ) -> None:
         self._settings = settings
+        self._dispatcher = dispatcher
         self._rest = rest
         self._metrics = metrics
         self._users = users
@@ -52,7 +55,8 @@ class CatchUp:
         ``live_ms`` is when the session went live again (now if not given): messages from between
         are new unless the device's recent window holds them, however far live traffic moved on.
 
-        False if it has to be tried again: IMKIT was unavailable, or another backfill of this
+        False if it has to be tried again: IMKIT was unavailable, the push claims were (see
+        :meth:`~bridge.push.dispatcher.Dispatcher.claims_reachable`), or another backfill of this
         device was running (it may have fetched before this gap began).
         """
         device = rt.device
@@ -81,6 +85,12 @@ class CatchUp:
             log.info("backfill skipped", extra={"device_id": device.device_id, "error": rest_error(exc)})
             rt.backfilling = False
             return True
+        if not await self._dispatcher.claims_reachable():
+            # What the gap holds may have been pushed by the device's previous owner: only the
+            # claims can tell, so push nothing unchecked (they would go out twice); try again.
+            log.info("backfill waits for the push claims store", extra={"device_id": device.device_id})
+            rt.backfilling = False
+            return False
         try:
             if missed.malformed:
                 self._metrics.upstream_malformed.labels("backfill").inc(missed.malformed)

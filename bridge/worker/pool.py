@@ -105,7 +105,9 @@ class WorkerPool:
             status_changed=self._checkpoints.status_changed,
             spawn=self._spawn,
         )
-        self._catchup = CatchUp(settings, rest=rest, metrics=metrics, users=self._users, fanout=self._fanout)
+        self._catchup = CatchUp(
+            settings, rest=rest, metrics=metrics, users=self._users, fanout=self._fanout, dispatcher=dispatcher
+        )
 
     # ---------------------------------------------------------------- lifecycle
 

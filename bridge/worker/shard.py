@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -389,3 +390,10 @@ class RedisClaims:
     async def release(self, push_id: str) -> None:
         """Forget ``push_id`` if the claim is still ours, so a later try may claim it."""
         await self._release(keys=[self._prefix + push_id], args=[self.holder])
+
+    async def reachable(self) -> bool:
+        """Whether Redis answers now."""
+        try:
+            return bool(await self._redis.ping())
+        except RedisError:
+            return False

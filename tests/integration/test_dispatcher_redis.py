@@ -102,3 +102,15 @@ async def test_a_push_waiting_for_its_retry_at_shutdown_goes_out_from_the_next_o
         assert a_provider.sent.count("delivered") + b_provider.sent.count("delivered") == 1
     finally:
         await b.close(timeout=0)
+
+
+async def test_claims_reachable_follows_redis(redis_server: RedisServer, redis: Redis) -> None:  # noqa: F811 - a pytest fixture
+    """A backfill asks this before pushing what a previous owner may have pushed already."""
+    dispatcher = await worker("w1", ScriptedProvider(), redis, {})
+    assert await dispatcher.claims_reachable() is True
+    await asyncio.to_thread(redis_server.stop)
+    try:
+        assert await dispatcher.claims_reachable() is False
+    finally:
+        await asyncio.to_thread(redis_server.start)
+    assert await dispatcher.claims_reachable() is True

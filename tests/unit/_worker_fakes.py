@@ -59,10 +59,15 @@ class FakeDispatcher:
     def __init__(self, accept: bool = True) -> None:
         self.accept = accept
         self.submitted: list[Notification] = []
+        #: What ``claims_reachable`` answers (False: the shared claims store is down).
+        self.claims_up = True
 
     async def submit(self, n: Notification) -> bool:
         self.submitted.append(n)
         return self.accept
+
+    async def claims_reachable(self) -> bool:
+        return self.claims_up
 
 
 class FakeRest:

@@ -39,7 +39,7 @@ class Rig:
         self.users = UserFacts(self.rest, runtimes=self.runtimes)  # type: ignore[arg-type]
         s = settings(**kw)
         fanout = Fanout(s, dispatcher=self.dispatcher, metrics=Metrics(), users=self.users, status_changed=lambda _: None, spawn=Spawned())  # type: ignore[arg-type]
-        self.catchup = CatchUp(s, rest=self.rest, metrics=Metrics(), users=self.users, fanout=fanout)  # type: ignore[arg-type]
+        self.catchup = CatchUp(s, rest=self.rest, metrics=Metrics(), users=self.users, fanout=fanout, dispatcher=self.dispatcher)  # type: ignore[arg-type]
 
     def add(self, rt: DeviceRuntime) -> DeviceRuntime:
         self.runtimes[rt.device.device_id] = rt
@@ -61,6 +61,22 @@ async def test_missed_messages_are_pushed_like_live_ones_marked_backfill() -> No
     assert rt.high_water == (now_ms - 1_000, "m2") and rt.anchors["r1"] == "m2"
     assert rig.users.of("alice").room_names == {"r1": "Room r1"}
     assert not rt.backfilling
+
+
+async def test_claims_out_of_reach_push_nothing_and_ask_for_a_retry() -> None:
+    """The previous owner may have pushed the gap already; unchecked, it would go out twice."""
+    rig = Rig()
+    rt = rig.add(runtime())
+    now_ms = int(time.time() * 1000)
+    rig.rest.rooms = {"r1": [raw("m1", now_ms - 2_000)]}
+    rig.dispatcher.claims_up = False
+
+    assert await rig.catchup.backfill(rt, since_ms=now_ms - 5_000, anchors={}) is False
+    assert rig.dispatcher.submitted == [] and rt.history.as_dicts() == [] and not rt.backfilling
+
+    rig.dispatcher.claims_up = True  # back: the retry pushes it, nothing was marked seen meanwhile
+    assert await rig.catchup.backfill(rt, since_ms=now_ms - 5_000, anchors={})
+    assert [e["id"] for e in rt.history.as_dicts()] == ["m1"] and len(rig.dispatcher.submitted) == 1
 
 
 async def test_a_room_over_the_cap_is_one_summary() -> None:
