@@ -392,8 +392,13 @@ class RedisClaims:
         await self._release(keys=[self._prefix + push_id], args=[self.holder])
 
     async def reachable(self) -> bool:
-        """Whether Redis answers now."""
+        """Whether Redis answers a claim-like read now.
+
+        Not PING: a restarting Redis answers PING while it is still loading its data, and
+        refuses the claims themselves (``BusyLoadingError``) until it has.
+        """
         try:
-            return bool(await self._redis.ping())
+            await self._redis.exists(self._prefix + "reachable")
         except RedisError:
             return False
+        return True

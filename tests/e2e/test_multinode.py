@@ -255,7 +255,7 @@ async def test_sharded_workers_hand_over_without_loss_or_duplicates(cluster: Clu
         # What the workers did with devices (hand-overs, lost leases, outages), to explain it.
         for name in cluster.workers:
             for line in (cluster.tmp / f"{name}.log").read_text(errors="replace").splitlines():
-                if re.search(r"handed over|taken over|coordinator|claim|checkpoint", line):
+                if re.search(r"handed over|taken over|coordinator|claim|checkpoint|backfill", line):
                     print(name, line[:300])
     assert not missing, missing[:10]
     assert not duplicates, duplicates[:10]
