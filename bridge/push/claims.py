@@ -94,6 +94,11 @@ class MemoryClaims:
         """Always False (see :meth:`sending`)."""
         return False
 
+    def holds(self, push_id: str) -> bool:
+        """Whether ``push_id`` is claimed now (without claiming it)."""
+        expires = self._expiry.get(push_id)
+        return expires is not None and expires > self._clock()
+
     async def release(self, push_id: str) -> None:
         """Forget ``push_id`` (no error if it is unknown or already expired)."""
         self._expiry.pop(push_id, None)

@@ -47,6 +47,9 @@ TokenInvalidHandler = Callable[[Notification, TokenInvalid], Awaitable[None]]
 DEFAULT_CLAIM_TTL = 86_400.0
 
 
+#: Push ids sent unchecked (claims out of reach) that one process remembers.
+UNCHECKED_MAX = 50_000
+
 class DispatcherClosed(RuntimeError):
     """``submit`` or ``start`` was called after ``close`` began."""
 
@@ -126,6 +129,10 @@ class Dispatcher:
         self._lanes = {name: _Lane(name, p, queue_size) for name, p in providers.items()}
         self._metrics = metrics
         self._claims: Claims = claims if claims is not None else MemoryClaims()
+        # Push ids sent unchecked while the shared claims were out of reach: this process at
+        # least never sends one of them twice (e.g. live during an outage, then again from a
+        # backfill once the claims answer, where no key says it went out).
+        self._unchecked = MemoryClaims(max_entries=UNCHECKED_MAX)
         self._concurrency = concurrency
         self._max_age = max_age
         self._max_attempts = max_attempts
@@ -402,6 +409,8 @@ class Dispatcher:
             log.error("result handler raised %s", type(exc).__name__, extra=_ctx(n))
 
     async def _claim(self, n: Notification) -> bool:
+        if self._unchecked.holds(n.push_id):
+            return False  # this process sent it unchecked already
         try:
             return await self._claims.claim(n.push_id, self._claim_ttl)
         except Exception as exc:
@@ -409,7 +418,7 @@ class Dispatcher:
             log.warning(
                 "push claim failed (%s); sending unchecked", type(exc).__name__, extra=_ctx(n)
             )
-            return True
+            return await self._unchecked.claim(n.push_id, self._claim_ttl)
 
     async def _sending(self, n: Notification) -> bool:
         try:
@@ -422,6 +431,7 @@ class Dispatcher:
             return True
 
     async def _release_claim(self, n: Notification) -> None:
+        await self._unchecked.release(n.push_id)
         try:
             await self._claims.release(n.push_id)
         except Exception as exc:

@@ -378,6 +378,44 @@ async def test_shared_claims_dedupe_across_dispatchers(make: Callable[..., Harne
     assert len(a.calls) + len(b.calls) == 1
 
 
+class FlakyClaims(MemoryClaims):
+    """Shared claims whose store can be switched off (then every call raises, as Redis does)."""
+
+    shared = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def claim(self, push_id: str, ttl: float) -> bool:
+        if self.down:
+            raise ConnectionError("claims store down")
+        return await super().claim(push_id, ttl)
+
+    async def sending(self, push_id: str, ttl: float) -> bool:
+        if self.down:
+            raise ConnectionError("claims store down")
+        return True
+
+
+async def test_a_push_sent_unchecked_is_not_sent_again_by_this_process(make: Callable[..., Harness]) -> None:
+    """Claims out of reach: the push goes out (fail open), but never twice from here, neither
+    during the outage nor after it, when the shared store holds no key for it."""
+    claims = FlakyClaims()
+    apns = FakeProvider()
+    h = make(apns, claims=claims)
+    await h.d.start()
+    claims.down = True
+    assert await h.d.submit(note("p1")) is True
+    assert await h.d.drain(5)
+    assert await h.d.submit(note("p1")) is False  # e.g. a backfill during the outage
+    claims.down = False
+    assert await h.d.submit(note("p1")) is False  # ... or after it
+    assert await h.d.submit(note("p2")) is True  # others are claimed as usual
+    assert await h.d.drain(5)
+    assert apns.attempts("p1") == 1 and apns.attempts("p2") == 1
+
+
 async def test_missing_provider_fails_at_once(make: Callable[..., Harness]) -> None:
     h = make(FakeProvider("apns"))
     await h.d.start()
