@@ -28,7 +28,7 @@ import aiohttp
 from bridge._backoff import Backoff
 from bridge.config import Settings
 from bridge.metrics import Metrics
-from bridge.models import Device, Notification, Reason, SessionState
+from bridge.models import Device, Notification, SessionState
 from bridge.push.dispatcher import Dispatcher
 from bridge.push.provider import SendResult, TokenInvalid
 from bridge.store.base import Store, StoreUnavailable
@@ -38,8 +38,8 @@ from bridge.upstream.session import UpstreamSession
 from bridge.upstream.transport import make_http_session
 from bridge.worker.catchup import CatchUp
 from bridge.worker.checkpoints import Checkpoints
-from bridge.worker.fanout import Fanout, notification_for
-from bridge.worker.results import ResultSink, result_dict
+from bridge.worker.fanout import Fanout
+from bridge.worker.results import ResultSink
 from bridge.worker.state import DeviceRuntime, UserState
 from bridge.worker.users import USER_REFRESH_MIN_AGE, UserFacts
 
@@ -526,5 +526,4 @@ class WorkerPool:
         task.add_done_callback(self._background.discard)
 
 
-# ``notification_for`` and ``result_dict`` are imported from here by callers older than the split.
-__all__ = ["WorkerPool", "Reason", "UserState", "DeviceRuntime", "notification_for", "result_dict"]
+__all__ = ["WorkerPool"]

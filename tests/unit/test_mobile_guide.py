@@ -3,7 +3,7 @@
 Mechanical, with no list kept by hand: the payload keys the Swift/Kotlin snippets read
 (``userInfo["pushId"]``, ``data["enc"]``, ``extras?.getString("type")``...), the keys of its JSON
 examples and of its payload reference table are checked against pushes built by
-:mod:`bridge.compose` and :func:`bridge.worker.pool.notification_for` (text and photo messages,
+:mod:`bridge.compose` and :func:`bridge.worker.fanout.notification_for` (text and photo messages,
 an invitation, a summary, a test push and a badge update, for ``ios`` and ``fcm``, in every
 privacy mode, with the ``encrypted`` ones opened by :func:`bridge.seal.open_sealed`); its
 ``im_loc_*`` keys against what compose can produce; its paths, request bodies and required fields
