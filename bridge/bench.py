@@ -443,8 +443,8 @@ class Harness:
             "BRIDGE_PORT": str(port),
             "BRIDGE_STORE": f"sqlite:///{self.tmp / 'bridge.db'}",
             "BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN,
-            "BRIDGE_LOG_LEVEL": "WARNING",
-            "BRIDGE_LOG_FORMAT": "text",
+            "BRIDGE_LOG_LEVEL": os.environ.get("BENCH_BRIDGE_LOG_LEVEL", "WARNING"),
+            "BRIDGE_LOG_FORMAT": os.environ.get("BENCH_BRIDGE_LOG_FORMAT", "text"),
             # The load is the bench, not an abusive app: no per-user API limit.
             "BRIDGE_RATE_LIMIT_PER_MINUTE": "1000000",
             "BRIDGE_CONNECT_RATE": str(rate),

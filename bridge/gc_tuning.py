@@ -5,8 +5,15 @@ does. CPython's collector walks all of them in every full collection (1.7-2.3 s 
 sessions) and often, as the default thresholds are tuned for short-lived objects. So the process
 that runs workers (``serve``, ``worker``; never tests or the ``api`` role):
 
-* raises the thresholds (:data:`THRESHOLDS`): young collections every 50,000 allocations, so a
-  burst of events does not promote its temporary objects, and fewer full collections;
+* collects the young generations on a clock (:data:`YOUNG_EVERY`, the middle one every
+  :data:`MIDDLE_EVERY`th time), not only on allocation counts. The collector counts allocations
+  *minus deallocations*; in a busy worker each session's pending read (a coroutine chain,
+  futures, a timer: ~25 objects, re-created by every packet) replaces the one before it, so the
+  count hardly moves while the young generation silently fills with every session's reads
+  (50,000 objects at 2,000 sessions, seen in docs/benchmarks.md) and one collection walks them
+  all: 50-100 ms pauses. On the clock, a young collection walks what the last 0.2 s created;
+* raises the thresholds (:data:`THRESHOLDS`) so that allocation bursts trigger fewer
+  collections (the clock does the regular ones) and full collections are rare;
 * freezes the heap (``gc.freeze()``: what is alive now is never walked again) once the pool has
   opened its devices, and again whenever the live sessions have grown by a large step since the
   last freeze (start-up connects over seconds; a hand-over or a large reconcile adds devices).
@@ -28,17 +35,22 @@ from bridge.config import Settings
 log = logging.getLogger(__name__)
 
 #: ``gc.set_threshold`` for a worker process (the defaults are ``(700, 10, 10)``).
-THRESHOLDS = (50_000, 20, 100)
+THRESHOLDS = (10_000, 10, 100)
+#: Seconds between young collections on the clock...
+YOUNG_EVERY = 0.2
+#: ... of which every this many also collects the middle generation.
+MIDDLE_EVERY = 5
 #: Freeze again when the live sessions grew by this many since the last freeze...
 MIN_GROWTH = 1_000
 #: ... and by this share of them.
 GROWTH_RATIO = 0.25
-#: Seconds between looks at the session count.
+#: Seconds between looks at the session count (for a freeze).
 INTERVAL = 5.0
 
 
 class HeapFreezer:
-    """Freezes the heap after start-up and after each large growth of ``count()``."""
+    """Freezes the heap after start-up and after each large growth of ``count()``; collects the
+    young generations on a clock (:meth:`watch`)."""
 
     def __init__(self, *, min_growth: int = MIN_GROWTH, ratio: float = GROWTH_RATIO) -> None:
         self._min_growth = min_growth
@@ -46,6 +58,8 @@ class HeapFreezer:
         #: ``count()`` at the last freeze.
         self.frozen_at = 0
         self.freezes = 0
+        #: Young collections :meth:`watch` made on the clock.
+        self.young_collections = 0
 
     def freeze(self, count: int, why: str) -> None:
         # The youngest garbage is collected first (cheap: at most one threshold's worth of
@@ -64,14 +78,23 @@ class HeapFreezer:
         self.freeze(count, "sessions grew")
         return True
 
-    async def watch(self, count: Callable[[], int], interval: float = INTERVAL) -> None:
-        """Look at ``count()`` every ``interval`` seconds, for ever (cancel to stop)."""
+    async def watch(
+        self, count: Callable[[], int], interval: float = INTERVAL, young_every: float = YOUNG_EVERY
+    ) -> None:
+        """Collect the young generations every ``young_every`` seconds and look at ``count()``
+        every ``interval`` seconds, for ever (cancel to stop)."""
+        ticks_per_look = max(1, round(interval / young_every))
+        tick = 0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(young_every)
+            tick += 1
             try:
-                self.maybe_freeze(count())
+                gc.collect(1 if tick % MIDDLE_EVERY == 0 else 0)
+                self.young_collections += 1
+                if tick % ticks_per_look == 0:
+                    self.maybe_freeze(count())
             except Exception:  # a tuning aid must never take the worker down
-                log.exception("heap freeze failed")
+                log.exception("gc pacing failed")
 
 
 _freezer: HeapFreezer | None = None

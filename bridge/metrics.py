@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+log = logging.getLogger(__name__)
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Push → ack: under a second for a phone online, up to the push's TTL (hours) for one that was off.
 ACK_LATENCY_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0)
+
+
+#: A collection at least this long is logged (an event loop stalled for every session at once).
+LONG_GC_PAUSE = 0.02
 
 
 class GcPauses:
@@ -18,17 +25,35 @@ class GcPauses:
 
     A full collection over many long-lived objects stops every session at once; operators and
     ``push-bridge bench steady`` read the worst one from ``bridge_gc_longest_pause_seconds``.
+    Timed in the collecting thread's CPU time: on a busy machine the wall time of a collection
+    also holds the time the scheduler gave other processes, which no GC setting changes.
     """
 
     def __init__(self) -> None:
         self.longest = 0.0
         self._started = 0.0
+        self._started_wall = 0.0
 
-    def __call__(self, phase: str, _info: dict[str, Any]) -> None:
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = time.thread_time()
+            self._started_wall = time.perf_counter()
         elif self._started:
-            self.longest = max(self.longest, time.perf_counter() - self._started)
+            pause = time.thread_time() - self._started
+            self.longest = max(self.longest, pause)
+            if pause >= LONG_GC_PAUSE:
+                # Which generation and how much it freed tell a full collection over live state
+                # (tune the thresholds, freeze) from a young one over a burst's garbage.
+                log.info(
+                    "long gc pause",
+                    extra={
+                        "pause_ms": round(pause * 1000, 1),
+                        "wall_ms": round((time.perf_counter() - self._started_wall) * 1000, 1),
+                        "generation": info.get("generation"),
+                        "collected": info.get("collected"),
+                        "frozen_objects": gc.get_freeze_count(),
+                    },
+                )
 
 
 #: One per process, as ``gc.callbacks`` is: every :class:`Metrics` reads the same figure.

@@ -248,13 +248,14 @@ class Bridge:
             freezer = gc_tuning.freezer()  # only when the CLI turned it on for this process
             if freezer is not None:
                 pool = self.pool
-                # The devices are opened: freeze them, and again as their sessions connect.
+                # The devices are opened: freeze them, and again as their sessions connect; collect
+                # the young generations on a clock from now on (see bridge.gc_tuning).
                 freezer.freeze(pool.device_count, "pool started")
 
                 def live() -> int:
                     return pool.device_count + pool.session_counts()["live"]
 
-                self._gc_task = asyncio.create_task(freezer.watch(live), name="gc-freeze")
+                self._gc_task = asyncio.create_task(freezer.watch(live), name="gc-pacing")
         if self.coordinator is not None:
             self._coordinator_task = asyncio.create_task(self.coordinator.run(), name="shard-coordinator")
         self.started = True

@@ -29,7 +29,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -428,6 +428,17 @@ class RedisStore:
             pairs = await self._client().zrange(ACKS_KEY + device_id, 0, -1, withscores=True)
         # (member, score) pairs in RESP2 and RESP3 alike, however redis-py types the reply.
         return {_text(pair[0]): float(pair[1]) for pair in pairs}
+
+    async def set_checkpoints(self, checkpoints: Mapping[str, tuple[str, int]]) -> None:
+        """Advance many checkpoints in one pipelined round trip; each only forward."""
+        if not checkpoints:
+            return
+        r = self._client()
+        with _unavailable("set_checkpoints"):
+            async with r.pipeline(transaction=False) as pipe:
+                for device_id, (message_id, version_ms) in checkpoints.items():
+                    pipe.eval(_SET_CHECKPOINT_LUA, 1, DEVICE_KEY + device_id, message_id, str(version_ms))
+                await pipe.execute()
 
     async def set_checkpoint(self, device_id: str, message_id: str, version_ms: int) -> None:
         """Remember the last message handed to a provider, unless a later one is stored."""

@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -258,6 +258,11 @@ class SqliteStore:
         return await self._run(
             "disable_registration", self._disable_sync, device_id, push_type, token, reason, since
         )
+
+    async def set_checkpoints(self, checkpoints: Mapping[str, tuple[str, int]]) -> None:
+        """Advance many checkpoints in one transaction; each only forward."""
+        if checkpoints:
+            await self._run("set_checkpoints", self._checkpoints_sync, dict(checkpoints))
 
     async def set_checkpoint(self, device_id: str, message_id: str, version_ms: int) -> None:
         """Remember the last message handed to a provider, unless a later one is stored."""
@@ -692,6 +697,16 @@ class SqliteStore:
     def _acks_sync(self, device_id: str) -> dict[str, float]:
         rows = self._db().execute("SELECT push_id, at FROM acks WHERE device_id = ?", (device_id,))
         return {r[0]: r[1] for r in rows}
+
+    def _checkpoints_sync(self, checkpoints: dict[str, tuple[str, int]]) -> None:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")  # one transaction: one WAL commit for the whole batch
+        conn.executemany(
+            "UPDATE devices SET checkpoint_id = ?, checkpoint_ms = ? "
+            "WHERE device_id = ? AND coalesce(checkpoint_ms, -1) <= ?",
+            [(mid, ms, device_id, ms) for device_id, (mid, ms) in checkpoints.items()],
+        )
+        conn.execute("COMMIT")
 
     def _checkpoint_sync(self, device_id: str, message_id: str, version_ms: int) -> None:
         self._db().execute(

@@ -35,6 +35,7 @@ from bridge.models import SessionState
 from bridge.upstream import decode_cache
 from bridge.upstream.protocol import EVENTS, DecodeError, decode_payload
 from bridge.upstream.ratelimit import ConnectLimiter
+from bridge.upstream.transport import SocketIOClient
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +332,7 @@ class UpstreamSession:
     async def _attempt(self) -> tuple[_End, float | None]:
         """One connection, from connect to its end; returns how it ended and how long it was live."""
         self.connects_total += 1
-        sio = socketio.AsyncClient(
+        sio = SocketIOClient(
             reconnection=False,
             handle_sigint=False,
             http_session=self._http,

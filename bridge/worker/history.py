@@ -6,15 +6,15 @@ first, ``at``, ``event``, ``id``, ``room``, ``decision``, ``reason``, ``source``
 ``bytearray``, and one list holding references to the strings of each event (its name, message id
 and room are the event object's own strings, not copies; names are mapped to shared constants).
 What a push adds (push ids, provider results) is held in a tuple created only when a push
-happens; a provider result is a slotted :class:`ProviderResult`, turned into a dict only when
-asked. Full, 50 events cost a few KiB and a handful of objects instead of 150.
+happens; a provider result is a plain tuple (a :class:`ProviderResult`'s fields), turned into a
+dict only when asked. Tuples of strings and numbers are untracked by the garbage collector. Full, 50 events cost a few KiB and a handful of objects instead of 150.
 """
 
 from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from bridge.push.provider import Delivered, Retry, SendResult, TokenInvalid
 from bridge.upstream.protocol import EVENTS
@@ -32,34 +32,26 @@ _WIDTH = 6
 _PUSHES = 5
 
 
-class ProviderResult:
+class ProviderResult(NamedTuple):
     """A provider's answer to one push (or the bridge's own, for a push never sent), as the API
     shows it (no token): ``type``, then ``provider`` and ``at`` when it reached a provider,
     ``outcome``, ``id`` (delivered) or ``reason``, ``latency`` (seconds) when known, and the
-    ``pushId`` it answers once recorded in a history."""
+    ``pushId`` it answers once recorded in a history.
 
-    __slots__ = ("push_type", "outcome", "provider", "at", "detail_key", "detail", "latency", "push_id")
+    A history keeps it as a plain tuple (:meth:`History.record_result`): the collector stops
+    tracking an exact tuple of strings and numbers after its first young collection (never a
+    subclass's), so the thousands a busy worker holds cost no GC time.
+    """
 
-    def __init__(
-        self,
-        push_type: str,
-        outcome: str,
-        *,
-        provider: str | None = None,
-        at: float | None = None,
-        detail_key: str | None = None,
-        detail: str | None = None,
-        latency: float | None = None,
-    ) -> None:
-        self.push_type = push_type
-        self.outcome = outcome
-        self.provider = provider
-        self.at = at
-        #: "id" or "reason": the key ``detail`` is shown under (absent when None).
-        self.detail_key = detail_key
-        self.detail = detail
-        self.latency = latency
-        self.push_id: str | None = None
+    push_type: str
+    outcome: str
+    provider: str | None = None
+    at: float | None = None
+    #: "id" or "reason": the key ``detail`` is shown under (absent when None).
+    detail_key: str | None = None
+    detail: str | None = None
+    latency: float | None = None
+    push_id: str | None = None
 
     @classmethod
     def of(
@@ -121,7 +113,8 @@ class History:
         self._at = array("d")
         self._pushed = bytearray()
         self._rows: list[Any] = []
-        self._last: ProviderResult | None = None
+        #: The last result, as a plain tuple (see :class:`ProviderResult`).
+        self._last: tuple[Any, ...] | None = None
 
     def __len__(self) -> int:
         return min(self._count, self._size)
@@ -158,26 +151,26 @@ class History:
 
     def add_result(self, ticket: int, result: ProviderResult) -> None:
         """A result known without a provider (compose error, duplicate push id)."""
-        self._append(ticket, result)
+        self._append(ticket, tuple(result))
 
     def record_result(self, push_id: str, result: ProviderResult) -> bool:
         """A provider's answer: it becomes the last result, and joins the newest event that holds
         ``push_id`` (False when none does any more)."""
-        result.push_id = push_id
-        self._last = result
+        row = tuple(result._replace(push_id=push_id))
+        self._last = row
         rows = self._rows
         for n in range(self._count - 1, self._count - len(self) - 1, -1):
             i = (n % self._size) * _WIDTH + _PUSHES
             pushes = rows[i]
             if pushes is not None and push_id in pushes:
-                rows[i] = (*pushes, result)
+                rows[i] = (*pushes, row)
                 return True
         return False
 
     @property
     def last_result(self) -> dict[str, Any] | None:
         """The last provider answer (``lastProviderResult``), or None."""
-        return None if self._last is None else self._last.as_dict()
+        return None if self._last is None else ProviderResult._make(self._last).as_dict()
 
     def as_dicts(self) -> list[dict[str, Any]]:
         """The events, newest first, as ``GET /me/devices/{id}`` shows them."""
@@ -196,7 +189,7 @@ class History:
                     "reason": reason,
                     "source": source,
                     "results": [
-                        r.as_dict() for r in pushes or () if isinstance(r, ProviderResult)
+                        ProviderResult._make(r).as_dict() for r in pushes or () if isinstance(r, tuple)
                     ],
                     # Each push handed to the dispatcher; ``shown`` is filled from the app's acks
                     # by :func:`with_acks` where the view is built.
@@ -207,7 +200,7 @@ class History:
             )
         return out
 
-    def _append(self, ticket: int, item: str | ProviderResult) -> None:
+    def _append(self, ticket: int, item: str | tuple[Any, ...]) -> None:
         if self._count - len(self) <= ticket < self._count:
             i = (ticket % self._size) * _WIDTH + _PUSHES
             self._rows[i] = (*(self._rows[i] or ()), item)

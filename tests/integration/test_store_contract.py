@@ -374,6 +374,20 @@ async def test_checkpoint_only_moves_forward(store: Store) -> None:
     assert await store.get_device("missing") is None
 
 
+async def test_checkpoints_in_a_batch_each_move_only_forward(store: Store) -> None:
+    for d in ("dev-1", "dev-2"):
+        await store.put_device(make_device(d, checkpoint_id=None, checkpoint_ms=None))
+    await store.set_checkpoint("dev-2", "m-7", 7000)
+    await store.set_checkpoints(
+        {"dev-1": ("m-5", 5000), "dev-2": ("m-3", 3000), "missing": ("m-1", 1)}
+    )
+    one, two = await store.get_device("dev-1"), await store.get_device("dev-2")
+    assert one is not None and (one.checkpoint_id, one.checkpoint_ms) == ("m-5", 5000)
+    assert two is not None and (two.checkpoint_id, two.checkpoint_ms) == ("m-7", 7000)
+    assert await store.get_device("missing") is None
+    await store.set_checkpoints({})  # nothing to write: no round trip, no error
+
+
 async def test_ping(store: Store) -> None:
     await store.ping()
 

@@ -6,7 +6,7 @@ Each records what it was asked, so a test of one part (``bridge.worker.fanout``,
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from bridge.config import Settings
@@ -118,6 +118,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.down = False
         self.checkpoints: list[tuple[str, str, int]] = []
+        self.checkpoint_batches = 0
         self.statuses: dict[str, dict[str, Any]] = {}
         self.disabled: list[tuple[str, str, str, str]] = []
         #: What ``disable_registration`` answers (False: the token changed since).
@@ -130,6 +131,11 @@ class FakeStore:
     async def set_checkpoint(self, device_id: str, message_id: str, version_ms: int) -> None:
         self._check()
         self.checkpoints.append((device_id, message_id, version_ms))
+
+    async def set_checkpoints(self, checkpoints: Mapping[str, tuple[str, int]]) -> None:
+        self._check()
+        self.checkpoint_batches += 1
+        self.checkpoints.extend((d, m, ms) for d, (m, ms) in checkpoints.items())
 
     async def put_status(self, device_id: str, status: dict[str, Any]) -> None:
         self._check()

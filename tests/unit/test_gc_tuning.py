@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from collections.abc import Iterator
 
@@ -10,6 +12,7 @@ import pytest
 from bridge import gc_tuning
 from bridge.config import Settings
 from bridge.gc_tuning import HeapFreezer
+from tests.conftest import WaitFor
 
 
 @pytest.fixture(autouse=True)
@@ -44,3 +47,26 @@ def test_freezes_after_start_up_then_only_after_large_growth() -> None:
     assert f.maybe_freeze(10_000)
     assert not f.maybe_freeze(100)  # devices leaving: nothing to do
     assert f.freezes == 3 and f.frozen_at == 10_000
+
+
+async def test_watch_collects_the_young_generations_on_a_clock_and_freezes_on_growth(
+    wait_for: WaitFor,
+) -> None:
+    f = HeapFreezer(min_growth=10, ratio=0.25)
+    f.freeze(10, "pool started")
+    sessions = 10
+    before = [g["collections"] for g in gc.get_stats()]
+    task = asyncio.create_task(f.watch(lambda: sessions, interval=0.05, young_every=0.01))
+    try:
+        sessions = 100
+        await wait_for(lambda: f.young_collections >= 2 * gc_tuning.MIDDLE_EVERY and f.freezes >= 2)
+        assert f.frozen_at == 100
+        after = [g["collections"] for g in gc.get_stats()]
+        # Every tick collected generation 0, every MIDDLE_EVERY-th also generation 1 (a collection
+        # of generation 1 is counted there, not in generation 0's figure).
+        assert after[1] - before[1] >= 2
+        assert (after[0] - before[0]) + (after[1] - before[1]) >= f.young_collections
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -6,7 +6,7 @@ Given the devices (a plain dict) and a fake store.
 
 from __future__ import annotations
 
-from bridge.worker.checkpoints import Checkpoints
+from bridge.worker.checkpoints import BATCH, Checkpoints
 from bridge.worker.state import DeviceRuntime
 from tests.unit._worker_fakes import FakeStore, device, message, runtime
 
@@ -50,6 +50,19 @@ async def test_a_store_outage_keeps_the_checkpoint_for_the_next_flush() -> None:
     store.down = False
     await cps.flush()
     assert sorted(store.checkpoints) == [("d1", "m1", 1_000), ("d2", "m1", 1_000)]
+
+
+async def test_many_moved_checkpoints_go_in_batches() -> None:
+    store, runtimes = FakeStore(), devices(*(f"d{i}" for i in range(BATCH * 2 + 1)))
+    cps = Checkpoints(store, runtimes=runtimes, publish_status=False)  # type: ignore[arg-type]
+    for rt in runtimes.values():
+        rt.note_message(message("m1", at_ms=1_000))
+    await cps.flush()
+    assert store.checkpoint_batches == 3
+    assert len(store.checkpoints) == len(runtimes)
+    assert all(rt.saved_ms == 1_000 for rt in runtimes.values())
+    await cps.flush()
+    assert store.checkpoint_batches == 3  # nothing moved since
 
 
 async def test_statuses_are_published_only_when_asked_and_retried_after_an_outage() -> None:
