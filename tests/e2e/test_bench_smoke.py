@@ -177,12 +177,23 @@ def test_analyse_pushes_counts_missing_duplicate_unexpected() -> None:
     assert a["latency_ms"]["apns"]["max"] == pytest.approx(10.0)
     assert a["latency_ms"]["fcm"]["max"] == pytest.approx(100.0)
     assert a["tenths"][0]["n"] == 1 and a["tenths"][5]["n"] == 1
+    assert {c: sum(t["n"] for t in ts) for c, ts in a["channel_tenths"].items()} == {"apns": 1, "fcm": 1}
 
 
 def test_backlog_growth_is_last_tenth_p50_minus_first() -> None:
     tenths = [{"tenth": k + 1, "n": 1, "p50": 10.0 + 100 * k, "p99": 0.0} for k in range(10)]
     assert backlog_growth_ms({"tenths": tenths}) == 900.0
     assert backlog_growth_ms({"tenths": [{"tenth": 1, "n": 1, "p50": 5.0}]}) is None
+
+
+def test_backlog_growth_is_judged_per_provider() -> None:
+    """Half the pushes fast (APNs), half piling up (FCM): the overall p50 can stay flat while one
+    provider's backlog grows; the growth is that provider's."""
+    flat = [{"tenth": k + 1, "n": 1, "p50": 20.0, "p99": 0.0} for k in range(10)]
+    piling = [{"tenth": k + 1, "n": 1, "p50": 20.0 + 1_000 * k, "p99": 0.0} for k in range(10)]
+    window = {"tenths": flat, "channel_tenths": {"apns": flat, "fcm": piling}}
+    assert backlog_growth_ms(window) == 9_000.0
+    assert backlog_growth_ms({"tenths": flat, "channel_tenths": {"apns": flat}}) == 0.0
 
 
 def test_scenario_defaults_and_session_counts() -> None:
