@@ -72,11 +72,12 @@ class Bridge:
         self.store: Store = make_store(settings)
         if not settings.imkit_url:
             raise ValueError("BRIDGE_IMKIT_URL is required")
-        self.rest = ImkitRest(
-            settings.imkit_url,
-            client_key=settings.imkit_client_key.get_secret_value() if settings.imkit_client_key else None,
-            timeout=settings.imkit_request_timeout,
-        )
+        key = settings.imkit_client_key.get_secret_value() if settings.imkit_client_key else None
+        #: The workers' REST calls (refreshes, backfills) ...
+        self.rest = ImkitRest(settings.imkit_url, client_key=key, timeout=settings.imkit_request_timeout)
+        #: ... and the API's token checks, apart: an app's subscribe must not queue behind the
+        #: refreshes of 10,000 sessions reconnecting at once (each client bounds its requests).
+        self.api_rest = ImkitRest(settings.imkit_url, client_key=key, timeout=settings.imkit_request_timeout)
         self.providers, missing = make_providers(settings)
         self._watch_apns_certificate()
         for problem in missing:
@@ -296,6 +297,7 @@ class Bridge:
             with contextlib.suppress(Exception):
                 await provider.close()
         await self.rest.aclose()
+        await self.api_rest.aclose()
         with contextlib.suppress(Exception):
             await self.store.close()
 

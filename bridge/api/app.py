@@ -90,7 +90,7 @@ def create_app(settings: Settings, *, role: Role = "serve", bridge: Bridge | Non
     """Build the API. The lifespan starts the bridge (store, dispatcher, pool) and closes it."""
     bridge = bridge or Bridge(settings, role=role)
     verifier = TokenVerifier(
-        bridge.rest,
+        bridge.api_rest,
         negative_ttl=settings.auth_negative_ttl,
         failures=FailureLimiter(settings.auth_failures_per_minute),
     )

@@ -9,6 +9,7 @@ appear in log lines or exception messages.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,12 @@ from urllib.parse import quote
 import httpx
 
 logger = logging.getLogger(__name__)
+
+#: Requests in flight to IMKIT at once; the rest wait here, in a FIFO semaphore. httpcore's pool
+#: rescans every queued request against every connection each time one starts or ends, so letting
+#: thousands of after-connect refreshes queue inside it (10,000 sessions going live) made that scan
+#: quadratic: 30 % of the process's CPU in the 10,000-session benchmark (docs/benchmarks.md).
+MAX_IN_FLIGHT = 32
 
 
 class ImkitError(Exception):
@@ -63,12 +70,20 @@ class ImkitRest:
         client_key: str | None,
         timeout: float = 10.0,
         client: httpx.AsyncClient | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self._base_url = base_url.rstrip("/")
         self._client_key = client_key
         self._timeout = httpx.Timeout(timeout)
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient(timeout=self._timeout)
+        # Every request slot gets a kept-alive connection: no connect per call under load.
+        limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+        self._client = (
+            client if client is not None else httpx.AsyncClient(timeout=self._timeout, limits=limits)
+        )
+        self._slots = asyncio.Semaphore(max_in_flight)
 
     def __repr__(self) -> str:
         return f"ImkitRest({self._base_url!r})"
@@ -179,9 +194,12 @@ class ImkitRest:
             headers["IM-CLIENT-KEY"] = self._client_key
         what = f"GET {path}"
         try:
-            resp = await self._client.get(
-                self._base_url + path, params=params, headers=headers, timeout=self._timeout
-            )
+            # The timeout covers the request, not the wait for a slot: a long queue after a mass
+            # reconnect is not IMKIT being down.
+            async with self._slots:
+                resp = await self._client.get(
+                    self._base_url + path, params=params, headers=headers, timeout=self._timeout
+                )
         except httpx.TimeoutException:
             logger.warning("IMKIT %s timed out", path)
             raise UpstreamUnavailable(f"{what}: timed out") from None

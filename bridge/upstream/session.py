@@ -67,6 +67,8 @@ _TEARDOWN_TIMEOUT = 5.0
 
 #: Engine.IO's reason for a socket lost without a goodbye (dropped connection, ping timeout).
 _TRANSPORT_ERROR: str = socketio.AsyncClient.reason.TRANSPORT_ERROR
+#: The events a session hands on (a frozenset: looked up once per packet).
+_EVENTS: frozenset[str] = frozenset(EVENTS)
 
 
 class _LibraryLogger(logging.LoggerAdapter[logging.Logger]):
@@ -108,6 +110,10 @@ class _Connection:
         self.live_at: float | None = None
         #: Set once we tear it down ourselves: its disconnect is not news any more.
         self.closing = False
+
+    def forget_auth(self, task: asyncio.Task[None]) -> None:
+        if self.auth_task is task:
+            self.auth_task = None
 
     def finish(self, end: _End) -> None:
         if not self.done.done():
@@ -213,7 +219,9 @@ class UpstreamSession:
 
         self._task: asyncio.Task[None] | None = None
         self._conn: _Connection | None = None
-        self._wake = asyncio.Event()
+        # Resolved by update_token() while _wait_for_token() waits; made only then (an
+        # asyncio.Event would hold a deque, ~600 bytes, for every session all the time).
+        self._wake: asyncio.Future[None] | None = None
         self._token_changed = False
         self._handshaking = False  # holds one of the limiter's handshake slots
         self._closed = False
@@ -243,7 +251,8 @@ class UpstreamSession:
             conn.finish(_End("token", "token_updated"))
         else:
             self._token_changed = True
-            self._wake.set()
+            if self._wake is not None and not self._wake.done():
+                self._wake.set_result(None)
 
     async def close(self) -> None:
         """Disconnect and stop for good (idempotent); the state ends ``closed``, with no callbacks after."""
@@ -321,11 +330,14 @@ class UpstreamSession:
     async def _wait_for_token(self, delay: float | None) -> bool:
         """Wait for :meth:`update_token` up to ``delay`` seconds (None: forever); True if it came."""
         if not self._token_changed:
-            self._wake.clear()
+            self._wake = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake
             except TimeoutError:
                 return False
+            finally:
+                self._wake = None
         self._token_changed = False
         return True
 
@@ -371,15 +383,22 @@ class UpstreamSession:
             conn.connected = True
             if not conn.closing and not conn.done.done():
                 # connect() only returns after this handler: auth2 must not be awaited in here.
-                conn.auth_task = asyncio.get_running_loop().create_task(self._authenticate(conn))
+                task = asyncio.get_running_loop().create_task(self._authenticate(conn))
+                conn.auth_task = task
+                task.add_done_callback(conn.forget_auth)  # a finished task holds ~600 bytes
 
         async def on_disconnect(reason: str = _TRANSPORT_ERROR) -> None:
             self._disconnected(conn, reason)
 
+        async def on_event(name: str, *args: Any) -> None:
+            if name in _EVENTS and not conn.closing and not self._closed:
+                await self._dispatch(name, args[0] if args else None)
+
         sio.on("connect", on_connect)
         sio.on("disconnect", on_disconnect)
-        for name in EVENTS:
-            sio.on(name, self._event_handler(conn, name))
+        # One catch-all handler, not one closure per event name (~4 KiB per session); events we
+        # do not know are dropped, as python-socketio drops events without a handler.
+        sio.on("*", on_event)
 
         # python-socketio reports no disconnect at all for a socket that drops before connect()
         # has returned (it is not "connected" yet); Engine.IO's own event always fires.
@@ -391,14 +410,6 @@ class UpstreamSession:
                 await original(reason)
 
         sio.eio.on("disconnect", on_eio_disconnect)
-
-    def _event_handler(self, conn: _Connection, name: str) -> Callable[..., Awaitable[None]]:
-        async def handler(*args: Any) -> None:
-            if conn.closing or self._closed:
-                return
-            await self._dispatch(name, args[0] if args else None)
-
-        return handler
 
     async def _authenticate(self, conn: _Connection) -> None:
         sio = conn.sio

@@ -13,6 +13,9 @@ Each setting avoids a pitfall measured with python-socketio 5.18 / python-engine
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import aiohttp
 import engineio
 import engineio.base_client
@@ -34,15 +37,142 @@ def make_http_session(*, connect_timeout: float = 10.0) -> aiohttp.ClientSession
     )
 
 
+class SendQueue:
+    """What Engine.IO's client uses of ``asyncio.Queue`` (``put``, ``get``, ``get_nowait``,
+    ``task_done``), for one consumer: its write loop.
+
+    An ``asyncio.Queue`` holds three deques (~2.3 KiB) for the life of every socket, to queue a
+    ping answer every 25 s; this holds a list and, while the write loop waits, one future.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.pop(0)
+
+    async def get(self) -> Any:
+        # An item put while the waiter is being cancelled stays in the list: nothing is lost.
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def task_done(self) -> None:
+        """Nothing joins this queue; kept for the library's calls."""
+
+
+class SmallEvent:
+    """``asyncio.Event``'s interface over a list: python-socketio keeps one per socket for its
+    whole life (``_connect_event``), and an ``asyncio.Event`` holds a deque (~760 bytes)."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiters: list[asyncio.Future[bool]] = []
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            for fut in self._waiters:
+                if not fut.done():
+                    fut.set_result(True)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            return await fut
+        finally:
+            self._waiters.remove(fut)
+
+
 class EngineIOClient(engineio.AsyncClient):  # type: ignore[misc]  # the library is untyped
-    """python-engineio's client with a read loop that makes no task per packet.
+    """python-engineio's client with loops that make no task per packet, and a small send queue.
 
     Its ``_read_loop_websocket`` wraps every ``ws.receive()`` in ``asyncio.wait_for``: a task, a
     future, a timer and a context per packet and socket, alive until the next packet arrives, so
     thousands of them sit in the young GC generations of a busy worker (the largest share of its
     collections' work, measured in docs/benchmarks.md). aiohttp's own ``receive(timeout=...)``
-    bounds the read the same way with a timer only. Everything else is the loop of 4.15.
+    bounds the read the same way with a timer only. Its ``_write_loop`` does the same around
+    ``queue.get()``; here the read loop's timeout is the only one (see :meth:`_write_loop`).
+    Everything else is the loops of 4.15 (websocket transport only: the bridge never polls).
     """
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> SendQueue:
+        return SendQueue()
+
+    def create_event(self) -> SmallEvent:
+        return SmallEvent()
+
+    async def _write_loop(self) -> None:
+        if self.current_transport != "websocket":
+            await super()._write_loop()
+            return
+        while self.state == "connected":
+            # No timeout around the wait (4.15 has one of ping interval + timeout + 5 s, a timer
+            # per socket re-armed by every packet): a silent server is caught by the read loop's
+            # own timeout (ping interval + timeout), and the read loop ends this one with None.
+            try:
+                first = await self.queue.get()
+            except asyncio.CancelledError:
+                break
+            # None is the library's "stop": first in the queue, it ends the loop; after other
+            # packets, those are still sent (as 4.15 does).
+            packets = [] if first is None else [first]
+            while packets:
+                try:
+                    pkt = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if pkt is None:
+                    break
+                packets.append(pkt)
+            if not packets:
+                break
+            try:
+                for pkt in packets:
+                    if pkt.binary:
+                        await self.ws.send_bytes(pkt.encode())
+                    else:
+                        await self.ws.send_str(pkt.encode())
+            except (aiohttp.client_exceptions.ServerDisconnectedError, BrokenPipeError, OSError):
+                self.logger.info("Write loop: WebSocket connection was closed, aborting")
+                break
+        self.logger.info("Exiting write loop task")
+        self.write_loop_task = None
 
     async def _read_loop_websocket(self) -> None:
         while self.state == "connected" and self.write_loop_task:

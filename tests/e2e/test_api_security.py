@@ -437,7 +437,9 @@ async def test_start_logs_a_cleartext_imkit_url(tmp_path: Path, caplog: pytest.L
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="bridge.runtime"):
             settings = Settings(_env_file=None, imkit_url=url, store=f"sqlite:///{tmp_path / 'b.db'}", push_provider_fallback="log")  # type: ignore[call-arg]
-            await Bridge(settings).rest.aclose()
+            bridge = Bridge(settings)
+            await bridge.rest.aclose()
+            await bridge.api_rest.aclose()
         return [r.getMessage() for r in caplog.records if "unencrypted" in r.getMessage()]
 
     assert await start("http://imkit.example.com")

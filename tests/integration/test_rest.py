@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from aiohttp import web
 
 from bridge.sim.imkit import ImkitSim
 from bridge.upstream.rest import ImkitRest, InvalidToken, Me, RequestRejected, UpstreamUnavailable
@@ -260,3 +262,83 @@ async def test_recent_messages_newest_kept_oldest_first(
     imkit_sim.fail_rest(503)
     with pytest.raises(UpstreamUnavailable):
         await rest.recent_messages(token, "r 2/y")
+
+
+class _HoldingServer:
+    """A real HTTP server answering ``/me/badge`` after ``hold`` seconds, or when released."""
+
+    def __init__(self, hold: float | None) -> None:
+        self.hold = hold
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.answered = 0
+        self.release = asyncio.Event()
+        self.changed = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.changed.set()
+        try:
+            if self.hold is None:
+                await self.release.wait()
+            else:
+                await asyncio.sleep(self.hold)
+        finally:
+            self.in_flight -= 1
+        self.answered += 1
+        return web.json_response({"RC": 0, "RM": "OK", "result": {"badge": 3}})
+
+    async def __aenter__(self) -> str:
+        app = web.Application()
+        app.router.add_get("/me/badge", self.handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+async def test_requests_in_flight_are_bounded() -> None:
+    # A mass reconnect must queue in the client, not inside httpcore's pool (quadratic there).
+    server = _HoldingServer(hold=None)
+    # An injected client with httpx's default pool (100 connections): only our bound holds.
+    async with server as url, httpx.AsyncClient() as http:
+        rest = ImkitRest(url, client_key=None, max_in_flight=3, client=http)
+        try:
+            calls = [asyncio.ensure_future(rest.badge("t")) for _ in range(10)]
+            async with asyncio.timeout(5.0):
+                while server.in_flight < 3:
+                    server.changed.clear()
+                    await server.changed.wait()
+            # The other 7 are parked in the client: give them every chance to leak through.
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert server.in_flight == 3
+            server.release.set()
+            assert await asyncio.gather(*calls) == [3] * 10
+            assert server.most_in_flight == 3 and server.answered == 10
+        finally:
+            await rest.aclose()
+
+
+async def test_waiting_for_a_slot_is_not_a_timeout() -> None:
+    # 8 calls through one slot, each answered in 0.2 s: the last waits ~1.4 s for its turn, longer
+    # than the 1 s request timeout, and must still succeed.
+    server = _HoldingServer(hold=0.2)
+    async with server as url:
+        rest = ImkitRest(url, client_key=None, timeout=1.0, max_in_flight=1)
+        try:
+            assert await asyncio.gather(*(rest.badge("t") for _ in range(8))) == [3] * 8
+            assert server.most_in_flight == 1
+        finally:
+            await rest.aclose()
+
+
+def test_max_in_flight_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        ImkitRest("http://127.0.0.1:1", client_key=None, max_in_flight=0)
