@@ -40,9 +40,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bridge.models import AppState, Device, Registration
+from bridge.models import AppState, Device
 from bridge.store.base import MAX_ACKS, Change, StoreUnavailable
-from bridge.store.crypto import TokenCipher, TokenCipherError, decrypt_key, encrypt_key
+from bridge.store.codec import DeviceCodec
+from bridge.store.crypto import TokenCipher, TokenCipherError
 
 # --- every Redis key of the device store
 PREFIX = "pb:"
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_KEY_CHECK = "imkit-push-bridge key check"
 _WATCH_RETRIES = 50
 
 #: Advance the checkpoint only forward, atomically (KEYS[1] device hash; ARGV id, ms).
@@ -109,6 +109,7 @@ class RedisStore:
     ) -> None:
         self._url = url  # may carry a password: never logged, never in repr
         self._cipher = cipher
+        self._codec = DeviceCodec(cipher)
         self._stream_maxlen = stream_maxlen
         self._feed_block_ms = feed_block_ms
         self._retry_base = retry_base
@@ -153,13 +154,9 @@ class RedisStore:
     async def _check_key(self) -> None:
         r = self._client()
         with _unavailable("open"):
-            await r.set(KEY_CHECK_KEY, self._cipher.encrypt(_KEY_CHECK), nx=True)
+            await r.set(KEY_CHECK_KEY, self._codec.key_check(), nx=True)
             stored = await r.get(KEY_CHECK_KEY)
-        try:
-            ok = stored is not None and self._cipher.decrypt(_text(stored)) == _KEY_CHECK
-        except TokenCipherError:
-            ok = False
-        if not ok:
+        if not self._codec.key_matches(None if stored is None else _text(stored)):
             raise TokenCipherError(
                 "the Redis store was written with a different BRIDGE_SECRET_KEY than the "
                 "configured one"
@@ -262,7 +259,7 @@ class RedisStore:
         A new owner replaces the checkpoint and loses the previous owner's published status.
         """
         key = DEVICE_KEY + device.device_id
-        encoded = self._encode(device)
+        encoded = self._codec.encode(device)
         data = json.dumps(encoded, separators=(",", ":"))
         new_entries = set(self._token_entries(encoded))
 
@@ -365,11 +362,10 @@ class RedisStore:
 
         def change(data: dict[str, Any], now: float) -> bool:
             reg = data["registrations"].get(push_type)
-            # Tokens are encrypted with a random IV: compare in the clear, under WATCH.
             if (
                 reg is None
                 or reg["disabled_reason"] is not None
-                or self._cipher.decrypt(reg["token"]) != token
+                or not self._codec.is_token(reg["token"], token)
                 or (since is not None and reg["updated_at"] > since)
             ):
                 return False
@@ -403,7 +399,7 @@ class RedisStore:
             if (
                 reg is None
                 or reg.get("apns_environment") == environment
-                or self._cipher.decrypt(reg["token"]) != token
+                or not self._codec.is_token(reg["token"], token)
             ):
                 return False
             reg["apns_environment"] = environment
@@ -580,71 +576,14 @@ class RedisStore:
             raise StoreUnavailable("redis store is not open")
         return self._redis
 
-    def _encode(self, device: Device) -> dict[str, Any]:
-        encrypt = self._cipher.encrypt
-        return {
-            "device_id": device.device_id,
-            "client_id": device.client_id,
-            "client_token": encrypt(device.client_token),
-            "registrations": {
-                push_type: {
-                    "type": r.type,
-                    "token": encrypt(r.token),
-                    "token_hash": self._cipher.lookup_hash(r.token),
-                    "disabled_reason": r.disabled_reason,
-                    "updated_at": r.updated_at,
-                    "apns_environment": r.apns_environment,
-                    "content": r.content,
-                    "content_key": encrypt_key(self._cipher, r.content_key),
-                }
-                for push_type, r in device.registrations.items()
-            },
-            "locale": device.locale,
-            "state": device.state.value,
-            "foreground_until": device.foreground_until,
-            "created_at": device.created_at,
-            "updated_at": device.updated_at,
-            "token_version": device.token_version,
-        }
-
     def _token_entries(self, data: dict[str, Any]) -> list[tuple[str, str]]:
         """``(lookup hash, push type)`` of each registration of an encoded device."""
-        out = []
-        for push_type, reg in data["registrations"].items():
-            # Devices written before the index have no token_hash: hash the decrypted token.
-            h = reg.get("token_hash") or self._cipher.lookup_hash(self._cipher.decrypt(reg["token"]))
-            out.append((h, push_type))
-        return out
+        return [(self._codec.token_hash(reg), push_type) for push_type, reg in data["registrations"].items()]
 
     def _decode(self, fields: dict[str, str]) -> Device:
-        decrypt = self._cipher.decrypt
-        data = json.loads(fields["data"])
         cp_ms = fields.get("cp_ms")
-        return Device(
-            device_id=data["device_id"],
-            client_id=data["client_id"],
-            client_token=decrypt(data["client_token"]),
-            registrations={
-                push_type: Registration(
-                    type=r["type"],
-                    token=decrypt(r["token"]),
-                    disabled_reason=r["disabled_reason"],
-                    updated_at=r["updated_at"],
-                    # Absent in devices written before these fields existed.
-                    apns_environment=r.get("apns_environment"),
-                    content=r.get("content"),
-                    content_key=decrypt_key(self._cipher, r.get("content_key")),
-                )
-                for push_type, r in data["registrations"].items()
-            },
-            locale=data["locale"],
-            state=AppState(data["state"]),
-            foreground_until=data["foreground_until"],
-            created_at=data["created_at"],
-            updated_at=data["updated_at"],
-            token_version=data["token_version"],
-            checkpoint_id=fields.get("cp_id") or None,
-            checkpoint_ms=int(cp_ms) if cp_ms is not None else None,
+        return self._codec.decode(
+            json.loads(fields["data"]), fields.get("cp_id") or None, int(cp_ms) if cp_ms is not None else None
         )
 
 
