@@ -44,6 +44,7 @@ from bridge.models import AppState, Device
 from bridge.store.base import MAX_ACKS, Change, StoreUnavailable
 from bridge.store.codec import DeviceCodec
 from bridge.store.crypto import TokenCipher, TokenCipherError
+from bridge.store.paging import check_limit, cut_page
 
 # --- every Redis key of the device store
 PREFIX = "pb:"
@@ -225,8 +226,7 @@ class RedisStore:
         cursor: str | None = None,
     ) -> tuple[list[Device], str | None]:
         """A page ordered by device id; the cursor is the page's last id (None at the end)."""
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
+        check_limit(limit)
         r = self._client()
         with _unavailable("list_devices"):
             if client_id is None:
@@ -236,15 +236,14 @@ class RedisStore:
                 # A client has a handful of devices (BRIDGE_MAX_DEVICES_PER_USER): sort here.
                 members = sorted(_texts(await r.smembers(CLIENT_KEY + client_id)))
                 ids = [i for i in members if cursor is None or i > cursor][: limit + 1]
-            more = len(ids) > limit
-            ids = ids[:limit]
+            ids, next_cursor = cut_page(ids, limit, str)
             async with r.pipeline(transaction=False) as pipe:
                 for device_id in ids:
                     pipe.hgetall(DEVICE_KEY + device_id)
                 rows = [_fields(raw) for raw in await pipe.execute()]
         # A device deleted between the two reads is skipped; the cursor still moves past it.
         devices = [self._decode(fields) for fields in rows if fields]
-        return devices, (ids[-1] if more else None)
+        return devices, next_cursor
 
     async def all_device_ids(self) -> list[str]:
         """Every device id, in order."""

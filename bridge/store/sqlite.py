@@ -22,6 +22,7 @@ from bridge.models import AppState, Device
 from bridge.store.base import MAX_ACKS, Change, StoreUnavailable
 from bridge.store.codec import DeviceCodec
 from bridge.store.crypto import TokenCipher, TokenCipherError
+from bridge.store.paging import check_limit, cut_page
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,7 @@ class SqliteStore:
         cursor: str | None = None,
     ) -> tuple[list[Device], str | None]:
         """A page ordered by device id; the cursor is the page's last id (None at the end)."""
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
+        check_limit(limit)
         where, params = ["1"], []
         if client_id is not None:
             where.append("client_id = ?")
@@ -226,9 +226,7 @@ class SqliteStore:
         devices = await self._run(
             "list_devices", self._select_sync, " AND ".join(where), tuple(params), limit + 1
         )
-        if len(devices) > limit:
-            return devices[:limit], devices[limit - 1].device_id
-        return devices, None
+        return cut_page(devices, limit, lambda d: d.device_id)
 
     async def all_device_ids(self) -> list[str]:
         """Every device id, in order."""
