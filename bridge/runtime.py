@@ -98,7 +98,8 @@ class Bridge:
         if settings.store_is_redis and role in ("serve", "worker"):
             import redis.asyncio as aioredis
 
-            from bridge.worker.shard import Membership, RedisClaims
+            from bridge.push.redis_claims import RedisClaims
+            from bridge.worker.shard import Membership
 
             # A blocking pool, as the store's: a burst of claims waits for a connection instead of
             # failing with "Too many connections" (a claim that fails is let through unchecked).

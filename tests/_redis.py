@@ -5,7 +5,8 @@ Use the fixtures from a test module (or a conftest); pytest finds them by name o
     from tests._redis import RedisServer, redis_server, redis_server_factory  # noqa: F401
 
 ``redis_server`` is a throwaway server without persistence; ``redis_server_factory(appendonly=
-True)`` gives one that keeps its data across ``restart()``.
+True)`` gives one that keeps its data across ``restart()``. The ``redis`` fixture (imported as
+``redis_client``, with ``redis_server``) is a client of ``redis_server``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
+from redis.asyncio import Redis
 
 REDIS_SERVER = os.environ.get("REDIS_SERVER", shutil.which("redis-server") or "/usr/bin/redis-server")
 
@@ -148,3 +151,24 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield servers()
     finally:
         servers.stop_all()
+
+
+@pytest.fixture(name="redis")
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of ``redis_server`` (bytes replies), closed after the test."""
+    client = Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def expire_now(redis: Redis, key: str) -> None:
+    """Let ``key`` run out of time now (as its TTL would), without racing a real short TTL."""
+    await redis.pexpire(key, 1)
+    await wait_for(lambda: gone(redis, key), timeout=3.0, interval=0.005, message=f"{key} expired")
+
+
+async def gone(redis: Redis, key: str) -> bool:
+    """Whether ``key`` no longer exists."""
+    return await redis.exists(key) == 0
