@@ -16,13 +16,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
 from redis.asyncio import Redis
+
+from tests._poll import holds_within, wait_for
 
 REDIS_SERVER = os.environ.get("REDIS_SERVER", shutil.which("redis-server") or "/usr/bin/redis-server")
 
@@ -76,19 +76,16 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while not _pong(self.port):
-            try:
-                # Doubles as the pause between PINGs: returns at once if the server died.
-                code = self.proc.wait(timeout=0.02)
-            except subprocess.TimeoutExpired:
-                code = None
-            if code is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                self.proc.wait()
-                self.proc = None
-                log = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
-                raise RuntimeError(f"redis-server on port {self.port} did not start (exit {code}):\n{log}")
+        proc = self.proc
+        # Stops early if the server died (a taken port, say): no PONG will come.
+        up = holds_within(lambda: proc.poll() is not None or _pong(self.port), timeout, interval=0.02)
+        code = proc.poll()
+        if not up or code is not None:
+            proc.kill()
+            proc.wait()
+            self.proc = None
+            log = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            raise RuntimeError(f"redis-server on port {self.port} did not start (exit {code}):\n{log}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (redis flushes its append-only file) and wait for exit. Idempotent."""

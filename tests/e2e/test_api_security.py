@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import wait_for
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
@@ -26,6 +25,7 @@ from bridge.runtime import Bridge
 from bridge.sim.imkit import ImkitSim
 from bridge.sim.stack import SimStack
 from bridge.upstream.rest import ImkitRest
+from tests._poll import wait_for
 from tests._redis import RedisServer, redis_server  # noqa: F401  # fixture
 from tests.e2e._bridge import RunningBridge, running_bridge
 from tests.e2e._stack import ANDROID, IOS, Stack, stack, stack_options  # noqa: F401  # fixtures

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from conftest import wait_for
 from redis.asyncio import Redis
 
 from bridge.metrics import Metrics
@@ -20,6 +19,7 @@ from bridge.push.provider import Delivered, Retry, SendResult
 from bridge.push.redis_claims import RedisClaims
 from bridge.redis_keys import CLAIM_PREFIX
 from bridge.worker.shard import Membership
+from tests._poll import wait_for
 from tests._redis import RedisServer, redis_client, redis_server, redis_server_factory  # noqa: F401 - fixtures, used by name
 
 

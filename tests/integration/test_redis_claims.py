@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from conftest import wait_for
 from redis.asyncio import Redis
 
 from bridge.metrics import Metrics
@@ -16,6 +15,7 @@ from bridge.push.provider import Delivered, SendResult
 from bridge.push.redis_claims import RedisClaims
 from bridge.redis_keys import WORKER_PREFIX
 from bridge.worker.shard import Membership
+from tests._poll import wait_for
 from tests._redis import (  # noqa: F401 - fixtures, used by name
     RedisServer,
     expire_now,

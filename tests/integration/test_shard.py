@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import wait_for
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bridge.redis_keys import LEASE_PREFIX, WORKER_PREFIX, WORKERS_KEY
 from bridge.worker.coordinator import PARALLEL, ShardCoordinator
 from bridge.worker.shard import Leases, Membership, rendezvous_owner
+from tests._poll import wait_for
 from tests._redis import (  # noqa: F401 - fixtures, used by name
     RedisServer,
     expire_now,
