@@ -103,7 +103,7 @@ _freezer: HeapFreezer | None = None
 def configure(settings: Settings) -> HeapFreezer | None:
     """Tune this process's collector (called by the CLI's ``serve``/``worker``, never on import).
 
-    Returns the freezer :class:`bridge.runtime.Bridge` uses after start-up, or None when
+    Returns the freezer :class:`bridge.service.Bridge` uses after start-up, or None when
     ``BRIDGE_GC_FREEZE`` is off.
     """
     global _freezer

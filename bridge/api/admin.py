@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Security
 from bridge.api.auth import ADMIN_BEARER
 from bridge.api.deps import ApiContext, context
 from bridge.api.errors import ApiError, error_responses, ok
+from bridge.api.presenters import device_view
 from bridge.api.schemas import EXAMPLE_DEVICE_ID
-from bridge.api.views import device_view
 from bridge.store.paging import walk_devices
 
 router = APIRouter(

@@ -13,7 +13,7 @@ import uvicorn
 
 from bridge.api.app import create_app
 from bridge.config import Settings
-from bridge.runtime import Bridge, Role
+from bridge.service import Bridge, Role
 from tests._poll import wait_for
 
 

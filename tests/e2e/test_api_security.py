@@ -21,7 +21,7 @@ from bridge.api.errors import ApiError
 from bridge.check import run_checks
 from bridge.config import Settings
 from bridge.models import Registration
-from bridge.runtime import Bridge
+from bridge.service import Bridge
 from bridge.sim.imkit import ImkitSim
 from bridge.sim.stack import SimStack
 from bridge.upstream.rest import ImkitRest
@@ -380,7 +380,7 @@ async def test_readyz_names_no_store_details(
     async with running_bridge(settings, role="api") as b, b.client() as c:
         assert (await c.get("/readyz")).status_code == 200
         redis_server.stop()
-        with caplog.at_level(logging.WARNING, logger="bridge.runtime"):
+        with caplog.at_level(logging.WARNING, logger="bridge.service"):
             r = await c.get("/readyz")
         assert r.status_code == 503
         assert r.json()["result"]["reasons"] == ["store unreachable"]
@@ -435,7 +435,7 @@ def test_check_warns_about_a_cleartext_imkit_url(tmp_path: Path, url: str, warne
 async def test_start_logs_a_cleartext_imkit_url(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def start(url: str) -> list[str]:
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="bridge.runtime"):
+        with caplog.at_level(logging.WARNING, logger="bridge.service"):
             settings = Settings(_env_file=None, imkit_url=url, store=f"sqlite:///{tmp_path / 'b.db'}", push_provider_fallback="log")  # type: ignore[call-arg]
             await Bridge(settings).rest.aclose()
         return [r.getMessage() for r in caplog.records if "unencrypted" in r.getMessage()]

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from bridge.models import Device, Registration
-from bridge.runtime import Bridge
+from bridge.service import Bridge
 from bridge.sim.apns import ApnsSim
 from bridge.sim.imkit import ImkitSim
 from bridge.sim.stack import SimStack

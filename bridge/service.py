@@ -1,4 +1,5 @@
-"""The composition root: builds the store, providers, dispatcher and worker pool from Settings."""
+"""The service one process runs (the composition root): builds the store, providers, dispatcher
+and worker pool from Settings, starts them and shuts them down in order."""
 
 from __future__ import annotations
 
