@@ -1,4 +1,4 @@
-"""Garbage-collector settings for a process holding many long-lived objects (issue 12).
+"""Garbage-collector settings for a process holding many long-lived objects.
 
 A worker keeps thousands of sessions, each a few hundred objects that live as long as the device
 does. CPython's collector walks all of them in every full collection (1.7-2.3 s pauses at 10,000

@@ -61,8 +61,8 @@ async def test_claims_expire(redis: Redis) -> None:
 
 
 async def test_a_dead_workers_unsent_claim_is_taken_over(redis: Redis) -> None:
-    """The lost push of issue 11: a worker SIGKILLed between claiming a push and sending it left
-    a claim that made the next owner's backfill drop the push as a duplicate."""
+    """A worker SIGKILLed between claiming a push and sending it must not leave a claim that
+    makes the next owner's backfill drop the push as a duplicate (the push would be lost)."""
     dead, claims_dead = await live_claims(redis, "w1")
     _, claims_next = await live_claims(redis, "w2")
     assert await claims_dead.claim("dev:m1", 86_400) is True  # queued, never sent

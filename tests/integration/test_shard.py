@@ -530,7 +530,7 @@ async def renewed(redis: Redis, key: str) -> None:
 async def test_leases_and_heartbeat_stay_alive_during_a_slow_hand_over(redis: Redis) -> None:
     """Opening or closing many sessions on a busy host took longer than a lease lives: the
     worker's own leases and heartbeat lapsed mid-step, the others took its devices, and the
-    devices flapped between workers (issue 11). Renewals now go on while a step works."""
+    devices flapped between workers. Renewals now go on while a step works."""
     ledger = Ledger()
     pool = GatedPool("w1", ledger)
     ids = [f"d{i}" for i in range(100)]
@@ -580,7 +580,7 @@ async def test_a_redis_outage_does_not_hand_over_a_slower_peers_devices(
 ) -> None:
     """Redis comes back from an outage; one worker's heartbeat and leases lapsed meanwhile while
     another's survived (written a moment later), and the surviving one steps first. It must not
-    take the other's devices: that one is alive, only Redis was not (issue 11's hand-over test)."""
+    take the other's devices: that one is alive, only Redis was not."""
     server = redis_server_factory(appendonly=True)  # keys and their deadlines survive the restart
     client = Redis.from_url(server.url)
     ledger = Ledger()
