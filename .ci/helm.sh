@@ -7,7 +7,7 @@
 #
 # Environment:
 #   PUSH_BRIDGE_TOOLS  cache of built tools (default ~/.cache/imkit-push-bridge); Helm lands in
-#                      $PUSH_BRIDGE_TOOLS/helm-<version>/helm, where tests/e2e/test_helm.py finds it.
+#                      $PUSH_BRIDGE_TOOLS/helm-<version>/helm, where tests/deploy/test_helm.py finds it.
 #   PYTHON             interpreter with kubernetes-validate installed (default .venv/bin/python).
 set -euo pipefail
 

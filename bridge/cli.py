@@ -114,7 +114,7 @@ async def _run_worker(settings: Settings) -> int:
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from bridge.runtime import Bridge
+    from bridge.service import Bridge
 
     bridge = Bridge(settings, role="worker")
     stop = asyncio.Event()

@@ -18,7 +18,7 @@ MAX_FOREGROUND_TTL = 3600
 
 
 class Settings(BaseSettings):
-    """Every ``BRIDGE_*`` variable of DESIGN section 4, with defaults and validation."""
+    """Every ``BRIDGE_*`` variable (docs/configuration.md), with defaults and validation."""
 
     model_config = SettingsConfigDict(
         env_prefix="BRIDGE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"

@@ -10,12 +10,13 @@ import secrets
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bridge._poll import wait_until
 from bridge.seal import open_sealed
 
 PrintLine = Callable[[str], Any]
@@ -34,14 +35,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-async def _wait(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class _Narrator:
@@ -97,7 +90,7 @@ async def run_demo(print_line: PrintLine = print, verbose: bool = False) -> int:
         base = f"http://127.0.0.1:{port}"
         try:
             async with httpx.AsyncClient(base_url=base, headers={"IM-Authorization": alice}, timeout=10) as http:
-                await _wait(lambda: _ready(http), 15, "the bridge to start")
+                await wait_until(lambda: _ready(http), 15, "the bridge to start")
                 say(f"bridge serving on {base} (SQLite store, real aioapns and firebase-admin clients)")
                 return await _scenario(say, http, imkit, apns, fcm)
         finally:
@@ -128,7 +121,7 @@ async def _scenario(say: _Narrator, http: httpx.AsyncClient, imkit: Any, apns: A
         views = [(await http.get(f"/me/devices/{d}")).json()["result"] for d in devices]
         return all(v["session"] == "live" for v in views)
 
-    await _wait(live, 20, "both sessions to go live")
+    await wait_until(live, 20, "both sessions to go live")
     say("both upstream sessions are live (conf + auth2 acknowledged)")
 
     async def show(expect: int, pushes: int = 0) -> None:
@@ -144,7 +137,7 @@ async def _scenario(say: _Narrator, http: httpx.AsyncClient, imkit: Any, apns: A
                     return False
             return True
 
-        await _wait(arrived, 15, "the events to be decided")
+        await wait_until(arrived, 15, "the events to be decided")
         for d in devices:
             v = (await http.get(f"/me/devices/{d}")).json()["result"]
             new = list(reversed(v["events"][: len(v["events"]) - seen[d]]))
@@ -195,7 +188,7 @@ async def _scenario(say: _Narrator, http: httpx.AsyncClient, imkit: Any, apns: A
         async def done() -> bool:
             return (len(apns.received), len(fcm.received)) >= want
 
-        await _wait(done, 10, "the simulated providers")
+        await wait_until(done, 10, "the simulated providers")
         new_payloads()
 
     say.step("Both apps are in the background; Bob writes in #general")
@@ -242,7 +235,7 @@ async def _scenario(say: _Narrator, http: httpx.AsyncClient, imkit: Any, apns: A
     say(f"POST /me/subscribe tablet content=hidden → {r.status_code} {r.json()['RM']}")
     for d in ("alice-ipad", "alice-tablet"):
         devices[d], seen[d] = "new", 0
-    await _wait(live, 20, "the new sessions to go live")
+    await wait_until(live, 20, "the new sessions to go live")
     say("their upstream sessions are live too; the same message now goes to four devices")
     await imkit.send_message("general", "bob", PRIVATE_TEXT)
     await show(1)

@@ -1,4 +1,4 @@
-"""Garbage-collector settings for a process holding many long-lived objects (issue 12).
+"""Garbage-collector settings for a process holding many long-lived objects.
 
 A worker keeps thousands of sessions, each a few hundred objects that live as long as the device
 does. CPython's collector walks all of them in every full collection (1.7-2.3 s pauses at 10,000
@@ -103,7 +103,7 @@ _freezer: HeapFreezer | None = None
 def configure(settings: Settings) -> HeapFreezer | None:
     """Tune this process's collector (called by the CLI's ``serve``/``worker``, never on import).
 
-    Returns the freezer :class:`bridge.runtime.Bridge` uses after start-up, or None when
+    Returns the freezer :class:`bridge.service.Bridge` uses after start-up, or None when
     ``BRIDGE_GC_FREEZE`` is off.
     """
     global _freezer

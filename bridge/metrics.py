@@ -1,4 +1,4 @@
-"""Prometheus metrics of DESIGN section 5, on a registry of their own (process-wide: only the GC timer)."""
+"""The Prometheus metrics (docs/design.md, "Metrics"), on a registry of their own (process-wide: only the GC timer)."""
 
 from __future__ import annotations
 

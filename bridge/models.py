@@ -68,6 +68,12 @@ class Decision:
 
     @property
     def outcome(self) -> str:
+        """The ``outcome`` label of ``bridge_decisions_total``: ``push`` or ``suppress``.
+
+        The API's ``decision`` field says ``pushed`` or ``suppressed`` for the same thing
+        (worker/history.py). Both are published (dashboards and apps read them), so the two
+        spellings stay as they are.
+        """
         return "push" if self.push else "suppress"
 
 

@@ -5,7 +5,8 @@ Use the fixtures from a test module (or a conftest); pytest finds them by name o
     from tests._redis import RedisServer, redis_server, redis_server_factory  # noqa: F401
 
 ``redis_server`` is a throwaway server without persistence; ``redis_server_factory(appendonly=
-True)`` gives one that keeps its data across ``restart()``.
+True)`` gives one that keeps its data across ``restart()``. The ``redis`` fixture (imported as
+``redis_client``, with ``redis_server``) is a client of ``redis_server``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
+
+from tests._poll import holds_within, wait_for
 
 REDIS_SERVER = os.environ.get("REDIS_SERVER", shutil.which("redis-server") or "/usr/bin/redis-server")
 
@@ -73,19 +76,16 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while not _pong(self.port):
-            try:
-                # Doubles as the pause between PINGs: returns at once if the server died.
-                code = self.proc.wait(timeout=0.02)
-            except subprocess.TimeoutExpired:
-                code = None
-            if code is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                self.proc.wait()
-                self.proc = None
-                log = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
-                raise RuntimeError(f"redis-server on port {self.port} did not start (exit {code}):\n{log}")
+        proc = self.proc
+        # Stops early if the server died (a taken port, say): no PONG will come.
+        up = holds_within(lambda: proc.poll() is not None or _pong(self.port), timeout, interval=0.02)
+        code = proc.poll()
+        if not up or code is not None:
+            proc.kill()
+            proc.wait()
+            self.proc = None
+            log = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            raise RuntimeError(f"redis-server on port {self.port} did not start (exit {code}):\n{log}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (redis flushes its append-only file) and wait for exit. Idempotent."""
@@ -148,3 +148,24 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield servers()
     finally:
         servers.stop_all()
+
+
+@pytest.fixture(name="redis")
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of ``redis_server`` (bytes replies), closed after the test."""
+    client = Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def expire_now(redis: Redis, key: str) -> None:
+    """Let ``key`` run out of time now (as its TTL would), without racing a real short TTL."""
+    await redis.pexpire(key, 1)
+    await wait_for(lambda: gone(redis, key), timeout=3.0, interval=0.005, message=f"{key} expired")
+
+
+async def gone(redis: Redis, key: str) -> bool:
+    """Whether ``key`` no longer exists."""
+    return await redis.exists(key) == 0

@@ -11,8 +11,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Security
 from bridge.api.auth import ADMIN_BEARER
 from bridge.api.deps import ApiContext, context
 from bridge.api.errors import ApiError, error_responses, ok
+from bridge.api.presenters import device_view
 from bridge.api.schemas import EXAMPLE_DEVICE_ID
-from bridge.api.views import device_view
+from bridge.store.paging import walk_devices
 
 router = APIRouter(
     prefix="/admin",
@@ -37,16 +38,12 @@ async def status(ctx: Admin) -> dict[str, Any]:
     bridge = ctx.bridge
     platforms: Counter[str] = Counter()
     states: Counter[str] = Counter()
-    cursor: str | None = None
     now = time.time()
-    while True:
-        devices, cursor = await bridge.store.list_devices(limit=500, cursor=cursor)
+    async for devices in walk_devices(bridge.store):
         for d in devices:
             states[d.effective_state(now).value] += 1
             for r in d.active_registrations:
                 platforms[r.type] += 1
-        if cursor is None:
-            break
     pushes: dict[str, dict[str, float]] = {}
     for metric in bridge.metrics.pushes.collect():
         for sample in metric.samples:

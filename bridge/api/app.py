@@ -19,7 +19,7 @@ from bridge.api.deps import ApiContext
 from bridge.api.errors import drop_validation_422, error_body, install_error_handlers
 from bridge.config import Settings
 from bridge.logs import request_id_var
-from bridge.runtime import Bridge, Role
+from bridge.service import Bridge, Role
 
 log = logging.getLogger(__name__)
 

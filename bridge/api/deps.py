@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from bridge.api.auth import Authenticator
-from bridge.runtime import Bridge
+from bridge.service import Bridge
 
 
 @dataclass(slots=True)

@@ -12,18 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge.store.base import StoreUnavailable
 
-#: Error codes of DESIGN section 2 (:data:`ErrorCode` adds STORE_UNAVAILABLE, a store that cannot be written).
-CODES = (
-    "MISSING_PARAMETER",
-    "INVALID_PARAMETER",
-    "INVALID_TOKEN",
-    "FORBIDDEN",
-    "NOT_FOUND",
-    "RATE_LIMITED",
-    "UPSTREAM_UNAVAILABLE",
-)
-
-
+#: The codes an error envelope carries: those of the API contract (docs/api.md), and
+#: STORE_UNAVAILABLE for a store that cannot be written. The one list of them.
 ErrorCode = Literal[
     "MISSING_PARAMETER",
     "INVALID_PARAMETER",
@@ -40,7 +30,7 @@ class ApiError(Exception):
     """An error answered as ``{RC: status, RM, error: {code, message}}``."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+        self, status: int, code: ErrorCode, message: str, *, headers: dict[str, str] | None = None
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -110,7 +100,7 @@ def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(error_body(exc.status, exc.code, exc.message), status_code=exc.status, headers=exc.headers)
 
 
-_HTTP_CODES = {400: "INVALID_PARAMETER", 401: "INVALID_TOKEN", 403: "FORBIDDEN", 404: "NOT_FOUND", 405: "INVALID_PARAMETER", 413: "INVALID_PARAMETER", 429: "RATE_LIMITED"}
+_HTTP_CODES: dict[int, ErrorCode] = {400: "INVALID_PARAMETER", 401: "INVALID_TOKEN", 403: "FORBIDDEN", 404: "NOT_FOUND", 405: "INVALID_PARAMETER", 413: "INVALID_PARAMETER", 429: "RATE_LIMITED"}
 
 
 def install_error_handlers(app: FastAPI) -> None:

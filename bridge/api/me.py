@@ -16,6 +16,7 @@ from bridge import compose
 from bridge.api.auth import CLIENT_TOKEN, PLATFORM_KEY, Caller
 from bridge.api.deps import ApiContext, context
 from bridge.api.errors import ApiError, error_responses, ok
+from bridge.api.presenters import device_view
 from bridge.api.schemas import (
     CLIENT_ID,
     DEVICE_ID,
@@ -25,7 +26,6 @@ from bridge.api.schemas import (
     SubscribeBody,
     UnsubscribeBody,
 )
-from bridge.api.views import device_view
 from bridge.models import AppState, Device, Registration, provider_for
 from bridge.worker.fanout import notification_for
 from bridge.worker.history import SentPush, sent_push

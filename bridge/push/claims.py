@@ -11,8 +11,9 @@ from typing import Protocol
 class Claims(Protocol):
     """A set of expiring push-id keys; whoever claims an id first may send that push.
 
-    In one process :class:`MemoryClaims` is enough; several nodes share one in Redis, so two
-    workers that briefly both hold a device during a hand-over still send each push once.
+    In one process :class:`MemoryClaims` is enough; several nodes share one in Redis
+    (:class:`bridge.push.redis_claims.RedisClaims`), so two workers that briefly both hold a
+    device during a hand-over still send each push once.
     """
 
     #: Whether other processes share these claims. Only then can another one take a claim over,

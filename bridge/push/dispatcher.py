@@ -169,7 +169,7 @@ class Dispatcher:
         """Notifications queued or waiting for a retry, over all providers (not those in flight)."""
         return sum(lane.depth for lane in self._lanes.values())
 
-    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - the agreed API; a deadline, not a cancel scope
+    async def drain(self, timeout: float) -> bool:
         """Wait until every accepted notification is finished (True), or ``timeout`` passes (False)."""
         if self._outstanding == 0:
             return True
@@ -179,7 +179,7 @@ class Dispatcher:
             return False
         return True
 
-    async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - the agreed API (drain deadline)
+    async def close(self, timeout: float = 10.0) -> None:
         """Stop accepting, drain for up to ``timeout`` seconds, then cancel what is left.
 
         Answers that arrive during the drain are reported as usual (the owner must still be

@@ -1,22 +1,12 @@
 """The device store on Redis, shared by several ``api`` and ``worker`` nodes.
 
-Layout (every key this store touches is listed right below):
-
-- ``pb:dev:<deviceId>``: a hash; ``data`` is the device as JSON with its tokens encrypted,
-  ``cp_id``/``cp_ms`` its checkpoint (kept apart so that the worker's frequent checkpoint writes
-  never race an API write of the rest of the device).
-- ``pb:client:<clientId>``: a set of the client's device ids.
-- ``pb:devices``: a sorted set of every device id, score 0, paged with ZRANGEBYLEX.
-- ``pb:changes``: a stream of ``{kind, device_id}``, appended in the same MULTI/EXEC as the write
-  it describes and trimmed to about ``stream_maxlen`` entries; positions are stream ids, so a
-  reader resumes from its last id, across reconnects and restarts, without missing an entry.
-- ``pb:ptok:<hash>``: a set of ``"<deviceId> <type>"``, the registrations holding the push token
-  whose keyed hash (``TokenCipher.lookup_hash``) is ``<hash>``; written in the same MULTI/EXEC
-  as the device. ``pb:meta:ptok`` marks that devices from before this index were indexed.
-- ``pb:status:<deviceId>``: what the device's worker last published (see ``put_status``);
-  removed when the device is deleted or changes owner.
-- ``pb:acks:<deviceId>``: a sorted set of the push ids the app acknowledged, scored by the ack
-  time, the last ``MAX_ACKS`` kept for a week; removed with the status.
+Its keys are listed, with what each holds, in ``bridge/redis_keys.py``. Every write of a device
+(its hash, the client's set, the id index, the push-token index entries) and the change it
+publishes on the ``pb:changes`` stream go in one MULTI/EXEC, under WATCH of the device's hash.
+The stream is trimmed to about ``stream_maxlen`` entries; positions are stream ids, so a reader
+resumes from its last id, across reconnects and restarts, without missing an entry. A device's
+published status and acks expire after a week, and go with the device when it is deleted or
+changes owner.
 
 Single Redis instance (or a primary with replicas); the multi-key transactions are not
 Redis Cluster compatible.
@@ -40,29 +30,31 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bridge.models import AppState, Device, Registration
+from bridge.models import AppState, Device
+from bridge.redis_keys import (
+    ACKS_PREFIX,
+    CHANGES_KEY,
+    CLIENT_PREFIX,
+    DEVICE_PREFIX,
+    DEVICES_KEY,
+    KEY_CHECK_KEY,
+    PING_KEY,
+    PUSH_TOKEN_INDEXED_KEY,
+    PUSH_TOKEN_PREFIX,
+    STATUS_PREFIX,
+)
 from bridge.store.base import MAX_ACKS, Change, StoreUnavailable
-from bridge.store.crypto import TokenCipher, TokenCipherError, decrypt_key, encrypt_key
+from bridge.store.codec import DeviceCodec
+from bridge.store.crypto import TokenCipher, TokenCipherError
+from bridge.store.paging import check_limit, cut_page
 
-# --- every Redis key of the device store
-PREFIX = "pb:"
-DEVICE_KEY = PREFIX + "dev:"  # + device id: hash {data, cp_id, cp_ms}
-CLIENT_KEY = PREFIX + "client:"  # + client id: set of device ids
-DEVICES_KEY = PREFIX + "devices"  # sorted set of all device ids, score 0
-CHANGES_KEY = PREFIX + "changes"  # stream of {kind, device_id}
-KEY_CHECK_KEY = PREFIX + "meta:keycheck"  # a known plaintext, encrypted: detects a wrong key
-PING_KEY = PREFIX + "meta:ping"  # written by ping() to prove the store is writable
-STATUS_KEY = PREFIX + "status:"  # + device id: JSON of what its worker knows (why no push?)
+#: How long a device's published status and acks live without a new write.
 STATUS_TTL_S = 7 * 86400
-ACKS_KEY = PREFIX + "acks:"  # + device id: sorted set of acknowledged push ids, score = ack time
-PUSH_TOKEN_KEY = PREFIX + "ptok:"  # + lookup hash of a push token: set of "<deviceId> <type>"
-PUSH_TOKEN_INDEXED_KEY = PREFIX + "meta:ptok"  # "1" once every device was indexed
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_KEY_CHECK = "imkit-push-bridge key check"
 _WATCH_RETRIES = 50
 
 #: Advance the checkpoint only forward, atomically (KEYS[1] device hash; ARGV id, ms).
@@ -109,6 +101,7 @@ class RedisStore:
     ) -> None:
         self._url = url  # may carry a password: never logged, never in repr
         self._cipher = cipher
+        self._codec = DeviceCodec(cipher)
         self._stream_maxlen = stream_maxlen
         self._feed_block_ms = feed_block_ms
         self._retry_base = retry_base
@@ -153,13 +146,9 @@ class RedisStore:
     async def _check_key(self) -> None:
         r = self._client()
         with _unavailable("open"):
-            await r.set(KEY_CHECK_KEY, self._cipher.encrypt(_KEY_CHECK), nx=True)
+            await r.set(KEY_CHECK_KEY, self._codec.key_check(), nx=True)
             stored = await r.get(KEY_CHECK_KEY)
-        try:
-            ok = stored is not None and self._cipher.decrypt(_text(stored)) == _KEY_CHECK
-        except TokenCipherError:
-            ok = False
-        if not ok:
+        if not self._codec.key_matches(None if stored is None else _text(stored)):
             raise TokenCipherError(
                 "the Redis store was written with a different BRIDGE_SECRET_KEY than the "
                 "configured one"
@@ -180,13 +169,13 @@ class RedisStore:
             for chunk in _chunks(ids, 500):
                 async with r.pipeline(transaction=False) as pipe:
                     for device_id in chunk:
-                        pipe.hget(DEVICE_KEY + device_id, "data")
+                        pipe.hget(DEVICE_PREFIX + device_id, "data")
                     rows = await pipe.execute()
                 async with r.pipeline(transaction=False) as pipe:
                     for device_id, raw in zip(chunk, rows, strict=True):
                         if raw is not None:
                             for h, push_type in self._token_entries(json.loads(raw)):
-                                pipe.sadd(PUSH_TOKEN_KEY + h, _member(device_id, push_type))
+                                pipe.sadd(PUSH_TOKEN_PREFIX + h, _member(device_id, push_type))
                     await pipe.execute()
             await r.set(PUSH_TOKEN_INDEXED_KEY, "1")
         if ids:
@@ -212,13 +201,13 @@ class RedisStore:
     async def get_device(self, device_id: str) -> Device | None:
         """The device, tokens decrypted, or None."""
         with _unavailable("get_device"):
-            fields = _fields(await self._client().hgetall(DEVICE_KEY + device_id))
+            fields = _fields(await self._client().hgetall(DEVICE_PREFIX + device_id))
         return self._decode(fields) if fields else None
 
     async def count_client_devices(self, client_id: str) -> int:
         """How many devices ``client_id`` has registered."""
         with _unavailable("count_client_devices"):
-            return int(await self._client().scard(CLIENT_KEY + client_id))
+            return int(await self._client().scard(CLIENT_PREFIX + client_id))
 
     async def list_devices(
         self,
@@ -228,8 +217,7 @@ class RedisStore:
         cursor: str | None = None,
     ) -> tuple[list[Device], str | None]:
         """A page ordered by device id; the cursor is the page's last id (None at the end)."""
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
+        check_limit(limit)
         r = self._client()
         with _unavailable("list_devices"):
             if client_id is None:
@@ -237,17 +225,16 @@ class RedisStore:
                 ids = _texts(await r.zrangebylex(DEVICES_KEY, low, "+", start=0, num=limit + 1))
             else:
                 # A client has a handful of devices (BRIDGE_MAX_DEVICES_PER_USER): sort here.
-                members = sorted(_texts(await r.smembers(CLIENT_KEY + client_id)))
+                members = sorted(_texts(await r.smembers(CLIENT_PREFIX + client_id)))
                 ids = [i for i in members if cursor is None or i > cursor][: limit + 1]
-            more = len(ids) > limit
-            ids = ids[:limit]
+            ids, next_cursor = cut_page(ids, limit, str)
             async with r.pipeline(transaction=False) as pipe:
                 for device_id in ids:
-                    pipe.hgetall(DEVICE_KEY + device_id)
+                    pipe.hgetall(DEVICE_PREFIX + device_id)
                 rows = [_fields(raw) for raw in await pipe.execute()]
         # A device deleted between the two reads is skipped; the cursor still moves past it.
         devices = [self._decode(fields) for fields in rows if fields]
-        return devices, (ids[-1] if more else None)
+        return devices, next_cursor
 
     async def all_device_ids(self) -> list[str]:
         """Every device id, in order."""
@@ -261,8 +248,8 @@ class RedisStore:
 
         A new owner replaces the checkpoint and loses the previous owner's published status.
         """
-        key = DEVICE_KEY + device.device_id
-        encoded = self._encode(device)
+        key = DEVICE_PREFIX + device.device_id
+        encoded = self._codec.encode(device)
         data = json.dumps(encoded, separators=(",", ":"))
         new_entries = set(self._token_entries(encoded))
 
@@ -276,17 +263,17 @@ class RedisStore:
             pipe.hset(key, "data", data)
             if old_client is not None and changed_owner:
                 pipe.hdel(key, "cp_id", "cp_ms")
-                pipe.delete(STATUS_KEY + device.device_id, ACKS_KEY + device.device_id)
-                pipe.srem(CLIENT_KEY + old_client, device.device_id)
+                pipe.delete(STATUS_PREFIX + device.device_id, ACKS_PREFIX + device.device_id)
+                pipe.srem(CLIENT_PREFIX + old_client, device.device_id)
             if device.checkpoint_ms is not None and (
                 changed_owner or cp_ms is None or device.checkpoint_ms >= int(cp_ms)
             ):
                 pipe.hset(key, mapping={"cp_id": device.checkpoint_id or "", "cp_ms": device.checkpoint_ms})
             for h, push_type in old_entries - new_entries:
-                pipe.srem(PUSH_TOKEN_KEY + h, _member(device.device_id, push_type))
+                pipe.srem(PUSH_TOKEN_PREFIX + h, _member(device.device_id, push_type))
             for h, push_type in new_entries - old_entries:
-                pipe.sadd(PUSH_TOKEN_KEY + h, _member(device.device_id, push_type))
-            pipe.sadd(CLIENT_KEY + device.client_id, device.device_id)
+                pipe.sadd(PUSH_TOKEN_PREFIX + h, _member(device.device_id, push_type))
+            pipe.sadd(CLIENT_PREFIX + device.client_id, device.device_id)
             pipe.zadd(DEVICES_KEY, {device.device_id: 0})
             self._queue_change(pipe, "upsert", device.device_id)
 
@@ -294,7 +281,7 @@ class RedisStore:
 
     async def delete_device(self, device_id: str) -> bool:
         """Remove the device from every key; True if it existed."""
-        key = DEVICE_KEY + device_id
+        key = DEVICE_PREFIX + device_id
 
         async def write(pipe: Pipeline) -> bool:
             old_data = await pipe.hget(key, "data")
@@ -303,10 +290,10 @@ class RedisStore:
             old = json.loads(old_data)
             _multi(pipe)
             pipe.delete(key)
-            pipe.delete(STATUS_KEY + device_id, ACKS_KEY + device_id)
-            pipe.srem(CLIENT_KEY + old["client_id"], device_id)
+            pipe.delete(STATUS_PREFIX + device_id, ACKS_PREFIX + device_id)
+            pipe.srem(CLIENT_PREFIX + old["client_id"], device_id)
             for h, push_type in self._token_entries(old):
-                pipe.srem(PUSH_TOKEN_KEY + h, _member(device_id, push_type))
+                pipe.srem(PUSH_TOKEN_PREFIX + h, _member(device_id, push_type))
             pipe.zrem(DEVICES_KEY, device_id)
             self._queue_change(pipe, "delete", device_id)
             return True
@@ -320,7 +307,7 @@ class RedisStore:
         indexing of older devices racing a write) is removed, under WATCH of the device.
         """
         h = self._cipher.lookup_hash(token)
-        index = PUSH_TOKEN_KEY + h
+        index = PUSH_TOKEN_PREFIX + h
         r = self._client()
         with _unavailable("find_push_token"):
             members = sorted(_texts(await r.smembers(index)))
@@ -329,14 +316,14 @@ class RedisStore:
             device_id, _, push_type = member.partition(" ")
 
             async def check(pipe: Pipeline, device_id: str = device_id, member: str = member) -> bool:
-                raw = await pipe.hget(DEVICE_KEY + device_id, "data")
+                raw = await pipe.hget(DEVICE_PREFIX + device_id, "data")
                 if raw is not None and (h, member.partition(" ")[2]) in self._token_entries(json.loads(raw)):
                     return True
                 _multi(pipe)
                 pipe.srem(index, member)
                 return False
 
-            if await self._transaction("find_push_token", DEVICE_KEY + device_id, check):
+            if await self._transaction("find_push_token", DEVICE_PREFIX + device_id, check):
                 found.append((device_id, push_type))
         return found
 
@@ -365,11 +352,10 @@ class RedisStore:
 
         def change(data: dict[str, Any], now: float) -> bool:
             reg = data["registrations"].get(push_type)
-            # Tokens are encrypted with a random IV: compare in the clear, under WATCH.
             if (
                 reg is None
                 or reg["disabled_reason"] is not None
-                or self._cipher.decrypt(reg["token"]) != token
+                or not self._codec.is_token(reg["token"], token)
                 or (since is not None and reg["updated_at"] > since)
             ):
                 return False
@@ -382,12 +368,12 @@ class RedisStore:
     async def put_status(self, device_id: str, status: dict[str, Any]) -> None:
         """Publish a worker's view of the device for the API processes (expires after a week)."""
         with _unavailable("put_status"):
-            await self._client().set(STATUS_KEY + device_id, json.dumps(status, default=str), ex=STATUS_TTL_S)
+            await self._client().set(STATUS_PREFIX + device_id, json.dumps(status, default=str), ex=STATUS_TTL_S)
 
     async def get_status(self, device_id: str) -> dict[str, Any] | None:
         """The status a worker last published, if any."""
         with _unavailable("get_status"):
-            raw = await self._client().get(STATUS_KEY + device_id)
+            raw = await self._client().get(STATUS_PREFIX + device_id)
         if raw is None:
             return None
         data = json.loads(raw)
@@ -403,7 +389,7 @@ class RedisStore:
             if (
                 reg is None
                 or reg.get("apns_environment") == environment
-                or self._cipher.decrypt(reg["token"]) != token
+                or not self._codec.is_token(reg["token"], token)
             ):
                 return False
             reg["apns_environment"] = environment
@@ -413,7 +399,7 @@ class RedisStore:
 
     async def record_ack(self, device_id: str, push_id: str, at: float) -> bool:
         """Remember an ack (the last :data:`MAX_ACKS` per device, for a week); False if known."""
-        key = ACKS_KEY + device_id
+        key = ACKS_PREFIX + device_id
         with _unavailable("record_ack"):
             async with self._client().pipeline(transaction=True) as pipe:
                 pipe.zadd(key, {push_id: at}, nx=True)
@@ -425,7 +411,7 @@ class RedisStore:
     async def get_acks(self, device_id: str) -> dict[str, float]:
         """The device's recorded acks: push id → epoch seconds."""
         with _unavailable("get_acks"):
-            pairs = await self._client().zrange(ACKS_KEY + device_id, 0, -1, withscores=True)
+            pairs = await self._client().zrange(ACKS_PREFIX + device_id, 0, -1, withscores=True)
         # (member, score) pairs in RESP2 and RESP3 alike, however redis-py types the reply.
         return {_text(pair[0]): float(pair[1]) for pair in pairs}
 
@@ -437,20 +423,20 @@ class RedisStore:
         with _unavailable("set_checkpoints"):
             async with r.pipeline(transaction=False) as pipe:
                 for device_id, (message_id, version_ms) in checkpoints.items():
-                    pipe.eval(_SET_CHECKPOINT_LUA, 1, DEVICE_KEY + device_id, message_id, str(version_ms))
+                    pipe.eval(_SET_CHECKPOINT_LUA, 1, DEVICE_PREFIX + device_id, message_id, str(version_ms))
                 await pipe.execute()
 
     async def set_checkpoint(self, device_id: str, message_id: str, version_ms: int) -> None:
         """Remember the last message handed to a provider, unless a later one is stored."""
         r = self._client()
         with _unavailable("set_checkpoint"):
-            await r.eval(_SET_CHECKPOINT_LUA, 1, DEVICE_KEY + device_id, message_id, str(version_ms))
+            await r.eval(_SET_CHECKPOINT_LUA, 1, DEVICE_PREFIX + device_id, message_id, str(version_ms))
 
     async def _update(
         self, op: str, device_id: str, change: Callable[[dict[str, Any], float], bool]
     ) -> bool:
         """Read-modify-write of a device's JSON under WATCH; publishes an upsert if changed."""
-        key = DEVICE_KEY + device_id
+        key = DEVICE_PREFIX + device_id
 
         async def write(pipe: Pipeline) -> bool:
             raw = await pipe.hget(key, "data")
@@ -580,71 +566,14 @@ class RedisStore:
             raise StoreUnavailable("redis store is not open")
         return self._redis
 
-    def _encode(self, device: Device) -> dict[str, Any]:
-        encrypt = self._cipher.encrypt
-        return {
-            "device_id": device.device_id,
-            "client_id": device.client_id,
-            "client_token": encrypt(device.client_token),
-            "registrations": {
-                push_type: {
-                    "type": r.type,
-                    "token": encrypt(r.token),
-                    "token_hash": self._cipher.lookup_hash(r.token),
-                    "disabled_reason": r.disabled_reason,
-                    "updated_at": r.updated_at,
-                    "apns_environment": r.apns_environment,
-                    "content": r.content,
-                    "content_key": encrypt_key(self._cipher, r.content_key),
-                }
-                for push_type, r in device.registrations.items()
-            },
-            "locale": device.locale,
-            "state": device.state.value,
-            "foreground_until": device.foreground_until,
-            "created_at": device.created_at,
-            "updated_at": device.updated_at,
-            "token_version": device.token_version,
-        }
-
     def _token_entries(self, data: dict[str, Any]) -> list[tuple[str, str]]:
         """``(lookup hash, push type)`` of each registration of an encoded device."""
-        out = []
-        for push_type, reg in data["registrations"].items():
-            # Devices written before the index have no token_hash: hash the decrypted token.
-            h = reg.get("token_hash") or self._cipher.lookup_hash(self._cipher.decrypt(reg["token"]))
-            out.append((h, push_type))
-        return out
+        return [(self._codec.token_hash(reg), push_type) for push_type, reg in data["registrations"].items()]
 
     def _decode(self, fields: dict[str, str]) -> Device:
-        decrypt = self._cipher.decrypt
-        data = json.loads(fields["data"])
         cp_ms = fields.get("cp_ms")
-        return Device(
-            device_id=data["device_id"],
-            client_id=data["client_id"],
-            client_token=decrypt(data["client_token"]),
-            registrations={
-                push_type: Registration(
-                    type=r["type"],
-                    token=decrypt(r["token"]),
-                    disabled_reason=r["disabled_reason"],
-                    updated_at=r["updated_at"],
-                    # Absent in devices written before these fields existed.
-                    apns_environment=r.get("apns_environment"),
-                    content=r.get("content"),
-                    content_key=decrypt_key(self._cipher, r.get("content_key")),
-                )
-                for push_type, r in data["registrations"].items()
-            },
-            locale=data["locale"],
-            state=AppState(data["state"]),
-            foreground_until=data["foreground_until"],
-            created_at=data["created_at"],
-            updated_at=data["updated_at"],
-            token_version=data["token_version"],
-            checkpoint_id=fields.get("cp_id") or None,
-            checkpoint_ms=int(cp_ms) if cp_ms is not None else None,
+        return self._codec.decode(
+            json.loads(fields["data"]), fields.get("cp_id") or None, int(cp_ms) if cp_ms is not None else None
         )
 
 

@@ -18,9 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from bridge.models import AppState, Device, Registration
+from bridge.models import AppState, Device
 from bridge.store.base import MAX_ACKS, Change, StoreUnavailable
-from bridge.store.crypto import TokenCipher, TokenCipherError, decrypt_key, encrypt_key
+from bridge.store.codec import DeviceCodec
+from bridge.store.crypto import TokenCipher, TokenCipherError
+from bridge.store.paging import check_limit, cut_page
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +80,22 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-#: A known plaintext stored encrypted at first open: a later open with another key fails early
-#: and clearly instead of on the first device read.
-_KEY_CHECK = "imkit-push-bridge key check"
-
 _DEVICE_COLUMNS = (
     "device_id, client_id, client_token_enc, locale, state, foreground_until, created_at, "
     "updated_at, token_version, checkpoint_id, checkpoint_ms"
+)
+#: The fields of the device record (bridge/store/codec.py) in the ``devices`` columns above;
+#: the two checkpoint columns follow them.
+_DEVICE_FIELDS = (
+    "device_id", "client_id", "client_token", "locale", "state", "foreground_until", "created_at",
+    "updated_at", "token_version",
+)
+_REGISTRATION_COLUMNS = (
+    "type, token_enc, disabled_reason, updated_at, apns_environment, content, content_key_enc"
+)
+#: The fields of a registration record in the ``registrations`` columns above.
+_REGISTRATION_FIELDS = (
+    "type", "token", "disabled_reason", "updated_at", "apns_environment", "content", "content_key",
 )
 
 
@@ -131,6 +142,7 @@ class SqliteStore:
     ) -> None:
         self._path = path
         self._cipher = cipher
+        self._codec = DeviceCodec(cipher)
         self._busy_timeout = busy_timeout
         self._subscriber_queue = subscriber_queue
         self._recent: deque[Change] = deque(maxlen=feed_buffer)
@@ -203,8 +215,7 @@ class SqliteStore:
         cursor: str | None = None,
     ) -> tuple[list[Device], str | None]:
         """A page ordered by device id; the cursor is the page's last id (None at the end)."""
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
+        check_limit(limit)
         where, params = ["1"], []
         if client_id is not None:
             where.append("client_id = ?")
@@ -215,9 +226,7 @@ class SqliteStore:
         devices = await self._run(
             "list_devices", self._select_sync, " AND ".join(where), tuple(params), limit + 1
         )
-        if len(devices) > limit:
-            return devices[:limit], devices[limit - 1].device_id
-        return devices, None
+        return cut_page(devices, limit, lambda d: d.device_id)
 
     async def all_device_ids(self) -> list[str]:
         """Every device id, in order."""
@@ -434,15 +443,11 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('key_check', ?)",
-                (self._cipher.encrypt(_KEY_CHECK),),
+                (self._codec.key_check(),),
             )
             row = conn.execute(query).fetchone()
             conn.execute("COMMIT")
-        try:
-            ok = self._cipher.decrypt(row[0]) == _KEY_CHECK
-        except TokenCipherError:
-            ok = False
-        if not ok:
+        if not self._codec.key_matches(row[0]):
             raise TokenCipherError(
                 f"sqlite store {self._path} was written with a different key than the configured "
                 "one (BRIDGE_SECRET_KEY or the key file beside the database)"
@@ -458,7 +463,7 @@ class SqliteStore:
         ).fetchall()
         conn.executemany(
             "UPDATE registrations SET token_hash = ? WHERE device_id = ? AND type = ?",
-            [(self._cipher.lookup_hash(self._cipher.decrypt(enc)), d, t) for d, t, enc in rows],
+            [(self._codec.token_hash({"token": enc}), d, t) for d, t, enc in rows],
         )
         conn.execute("COMMIT")
         log.info("sqlite store %s: indexed %d push tokens", self._path, len(rows))
@@ -490,42 +495,13 @@ class SqliteStore:
         for chunk in _chunks([r[0] for r in rows], 500):
             marks = ",".join("?" * len(chunk))
             for reg in conn.execute(
-                "SELECT device_id, type, token_enc, disabled_reason, updated_at, "
-                "apns_environment, content, content_key_enc "
+                f"SELECT device_id, {_REGISTRATION_COLUMNS} "
                 f"FROM registrations WHERE device_id IN ({marks}) ORDER BY device_id, type",
                 chunk,
             ):
                 regs.setdefault(reg[0], []).append(reg)
         conn.execute("COMMIT")
-        return [self._device_from_row(row, regs.get(row[0], [])) for row in rows]
-
-    def _device_from_row(self, row: tuple[Any, ...], regs: list[tuple[Any, ...]]) -> Device:
-        decrypt = self._cipher.decrypt
-        return Device(
-            device_id=row[0],
-            client_id=row[1],
-            client_token=decrypt(row[2]),
-            registrations={
-                r[1]: Registration(
-                    type=r[1],
-                    token=decrypt(r[2]),
-                    disabled_reason=r[3],
-                    updated_at=r[4],
-                    apns_environment=r[5],
-                    content=r[6],
-                    content_key=decrypt_key(self._cipher, r[7]),
-                )
-                for r in regs
-            },
-            locale=row[3],
-            state=AppState(row[4]),
-            foreground_until=row[5],
-            created_at=row[6],
-            updated_at=row[7],
-            token_version=row[8],
-            checkpoint_id=row[9],
-            checkpoint_ms=row[10],
-        )
+        return [self._codec.decode(_record(row, regs.get(row[0], [])), row[9], row[10]) for row in rows]
 
     def _count_sync(self, client_id: str) -> int:
         row = self._db().execute(
@@ -544,7 +520,7 @@ class SqliteStore:
         return [r[0] for r in self._db().execute("SELECT device_id FROM devices ORDER BY device_id")]
 
     def _put_sync(self, device: Device) -> None:
-        encrypt = self._cipher.encrypt
+        record = self._codec.encode(device)
         conn = self._db()
         conn.execute("BEGIN IMMEDIATE")
         # A new owner does not see the previous owner's receipts.
@@ -570,15 +546,7 @@ class SqliteStore:
             "  OR excluded.checkpoint_ms >= coalesce(checkpoint_ms, -1) "
             "  THEN excluded.checkpoint_ms ELSE checkpoint_ms END",
             (
-                device.device_id,
-                device.client_id,
-                encrypt(device.client_token),
-                device.locale,
-                device.state.value,
-                device.foreground_until,
-                device.created_at,
-                device.updated_at,
-                device.token_version,
+                *(record[field] for field in _DEVICE_FIELDS),
                 device.checkpoint_id,
                 device.checkpoint_ms,
             ),
@@ -593,15 +561,15 @@ class SqliteStore:
                 (
                     device.device_id,
                     push_type,
-                    encrypt(r.token),
-                    r.disabled_reason,
-                    r.updated_at,
-                    self._cipher.lookup_hash(r.token),
-                    r.apns_environment,
-                    r.content,
-                    encrypt_key(self._cipher, r.content_key),
+                    r["token"],
+                    r["disabled_reason"],
+                    r["updated_at"],
+                    r["token_hash"],
+                    r["apns_environment"],
+                    r["content"],
+                    r["content_key"],
                 )
-                for push_type, r in device.registrations.items()
+                for push_type, r in record["registrations"].items()
             ],
         )
         self._commit_change("upsert", device.device_id)
@@ -642,11 +610,10 @@ class SqliteStore:
             "WHERE device_id = ? AND type = ?",
             (device_id, push_type),
         ).fetchone()
-        # Tokens are encrypted with a random IV: compare in the clear, under the write lock.
         if (
             row is None
             or row[1] is not None
-            or self._cipher.decrypt(row[0]) != token
+            or not self._codec.is_token(row[0], token)
             or (since is not None and row[2] > since)
         ):
             conn.execute("ROLLBACK")
@@ -667,7 +634,7 @@ class SqliteStore:
             "SELECT token_enc, apns_environment FROM registrations WHERE device_id = ? AND type = ?",
             (device_id, push_type),
         ).fetchone()
-        if row is None or row[1] == environment or self._cipher.decrypt(row[0]) != token:
+        if row is None or row[1] == environment or not self._codec.is_token(row[0], token):
             conn.execute("ROLLBACK")
             return False
         conn.execute(
@@ -719,6 +686,14 @@ class SqliteStore:
 async def _not_open() -> AsyncIterator[Change]:
     raise StoreUnavailable("sqlite store is not open: no change feed")
     yield  # unreachable: makes this an async generator
+
+
+def _record(row: tuple[Any, ...], regs: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """The device record of a ``devices`` row and its ``registrations`` rows (each led by the
+    device id), for :meth:`DeviceCodec.decode`."""
+    record = dict(zip(_DEVICE_FIELDS, row[: len(_DEVICE_FIELDS)], strict=True))
+    record["registrations"] = {r[1]: dict(zip(_REGISTRATION_FIELDS, r[1:], strict=True)) for r in regs}
+    return record
 
 
 def _schema_version(conn: sqlite3.Connection) -> int:

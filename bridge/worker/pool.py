@@ -32,6 +32,7 @@ from bridge.models import Device, Notification, SessionState
 from bridge.push.dispatcher import Dispatcher
 from bridge.push.provider import SendResult, TokenInvalid
 from bridge.store.base import Store, StoreUnavailable
+from bridge.store.paging import walk_devices
 from bridge.upstream.ratelimit import ConnectLimiter
 from bridge.upstream.rest import ImkitRest
 from bridge.upstream.session import UpstreamSession
@@ -228,18 +229,13 @@ class WorkerPool:
 
     async def _open_in_bulk(self, device_ids: set[str]) -> None:
         """Open many sessions from pages of the store, not one read per device (start-up)."""
-        cursor: str | None = None
-        while True:
-            try:
-                page, cursor = await self._store.list_devices(limit=500, cursor=cursor)
-            except StoreUnavailable as exc:
-                log.warning("store unavailable while opening sessions: %s", exc)
-                return
-            for device in page:
-                if device.device_id in device_ids and device.device_id not in self._runtimes:
-                    self._open(device)
-            if cursor is None:
-                return
+        try:
+            async for page in walk_devices(self._store):
+                for device in page:
+                    if device.device_id in device_ids and device.device_id not in self._runtimes:
+                        self._open(device)
+        except StoreUnavailable as exc:
+            log.warning("store unavailable while opening sessions: %s", exc)
 
     async def _follow_changes(self) -> None:
         while True:

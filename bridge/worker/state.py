@@ -107,7 +107,8 @@ class DeviceRuntime:
     def status(self) -> dict[str, Any]:
         """Session state, last events with their decisions, and the last provider answer."""
         return {
-            # Whose history this is: readers drop a status of a previous owner (issue 11).
+            # Whose history this is: a worker that has not applied a change of owner yet may
+            # still publish the old owner's; readers drop it, so history never crosses users.
             "clientId": self.device.client_id,
             "session": (self.session.state if self.session else SessionState.CLOSED).value,
             "events": self.history.as_dicts(),

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import httpx
 import uvicorn
-from conftest import wait_for
 
 from bridge.api.app import create_app
 from bridge.config import Settings
-from bridge.runtime import Bridge, Role
+from bridge.service import Bridge, Role
+from tests._poll import wait_for
 
 
 def free_port() -> int:

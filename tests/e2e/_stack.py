@@ -9,13 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import wait_for
 
 from bridge.config import Settings
 from bridge.sim.apns import ApnsSim
 from bridge.sim.fcm import FcmSim
 from bridge.sim.imkit import ImkitSim
 from bridge.sim.stack import SimStack
+from tests._poll import wait_for
 from tests.e2e._bridge import RunningBridge, running_bridge
 
 IOS = "a1" * 32

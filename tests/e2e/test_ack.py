@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import wait_for
 from cryptography.fernet import Fernet
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.sim.stack import SimStack
+from tests._poll import wait_for
 from tests._redis import RedisServer, redis_server  # noqa: F401  # fixture
 from tests.e2e._bridge import running_bridge
 from tests.e2e._stack import ANDROID, IOS, Stack, stack, stack_options, stack_settings  # noqa: F401  # fixtures

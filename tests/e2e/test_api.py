@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 
 from bridge.config import Settings
 from bridge.sim.imkit import ImkitSim
+from tests._poll import wait_for
 from tests.e2e._bridge import RunningBridge, running_bridge
 
 ADMIN = "admin-secret-token"

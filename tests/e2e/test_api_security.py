@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import wait_for
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
@@ -22,10 +21,11 @@ from bridge.api.errors import ApiError
 from bridge.check import run_checks
 from bridge.config import Settings
 from bridge.models import Registration
-from bridge.runtime import Bridge
+from bridge.service import Bridge
 from bridge.sim.imkit import ImkitSim
 from bridge.sim.stack import SimStack
 from bridge.upstream.rest import ImkitRest
+from tests._poll import wait_for
 from tests._redis import RedisServer, redis_server  # noqa: F401  # fixture
 from tests.e2e._bridge import RunningBridge, running_bridge
 from tests.e2e._stack import ANDROID, IOS, Stack, stack, stack_options  # noqa: F401  # fixtures
@@ -380,7 +380,7 @@ async def test_readyz_names_no_store_details(
     async with running_bridge(settings, role="api") as b, b.client() as c:
         assert (await c.get("/readyz")).status_code == 200
         redis_server.stop()
-        with caplog.at_level(logging.WARNING, logger="bridge.runtime"):
+        with caplog.at_level(logging.WARNING, logger="bridge.service"):
             r = await c.get("/readyz")
         assert r.status_code == 503
         assert r.json()["result"]["reasons"] == ["store unreachable"]
@@ -435,7 +435,7 @@ def test_check_warns_about_a_cleartext_imkit_url(tmp_path: Path, url: str, warne
 async def test_start_logs_a_cleartext_imkit_url(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def start(url: str) -> list[str]:
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="bridge.runtime"):
+        with caplog.at_level(logging.WARNING, logger="bridge.service"):
             settings = Settings(_env_file=None, imkit_url=url, store=f"sqlite:///{tmp_path / 'b.db'}", push_provider_fallback="log")  # type: ignore[call-arg]
             bridge = Bridge(settings)
             await bridge.rest.aclose()

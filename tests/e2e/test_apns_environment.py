@@ -8,13 +8,13 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from conftest import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.models import ApnsEnvironment
 from bridge.push.apns import certificate_not_after
 from bridge.sim.certs import issue_test_certs
 from bridge.sim.stack import SimStack
+from tests._poll import wait_for
 from tests.e2e._bridge import running_bridge
 from tests.e2e._stack import IOS, Stack, stack, stack_options, stack_settings  # noqa: F401 - fixtures
 

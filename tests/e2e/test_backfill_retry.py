@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import wait_for
-
 from bridge.upstream.protocol import Message
+from tests._poll import wait_for
 from tests.e2e._stack import IOS, Stack, stack, stack_options  # noqa: F401 - fixtures used by name
 
 

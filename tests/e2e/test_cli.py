@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 import httpx
-from conftest import wait_for
 
 from bridge.config import Settings
 from bridge.demo import PRIVATE_TEXT
 from bridge.models import ApnsRequest, Notification
 from bridge.push.apns import ApnsProvider
 from bridge.push.provider import Delivered
+from tests._poll import wait_for
 from tests.e2e._bridge import free_port_run
 
 

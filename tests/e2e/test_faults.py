@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import wait_for
 
 from bridge.sim.imkit import ImkitSim
+from tests._poll import wait_for
 from tests.e2e._stack import ANDROID, IOS, Stack, stack, stack_options  # noqa: F401 - fixtures used by name
 from tests.e2e.test_restart import BridgeProcess, world  # noqa: F401 - fixture used by name
 

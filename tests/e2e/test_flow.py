@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from conftest import wait_for
-
 from bridge.sim.stack import TOPIC
+from tests._poll import wait_for
 from tests.e2e._stack import ANDROID, IOS, Stack, stack, stack_options  # noqa: F401 - fixtures used by name
 
 

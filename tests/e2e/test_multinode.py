@@ -21,12 +21,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import wait_for
 from cryptography.fernet import Fernet
 
 from bridge.sim.apns import ApnsSim
 from bridge.sim.imkit import ImkitSim
 from bridge.sim.stack import SimStack
+from tests._poll import wait_for
 from tests._redis import RedisServer, free_port
 
 DEVICES = 300

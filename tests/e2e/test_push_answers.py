@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import wait_for
-
+from tests._poll import wait_for
 from tests.e2e._stack import IOS, Stack, stack, stack_options  # noqa: F401 - fixtures used by name
 
 NEW_IOS = "b2" * 32

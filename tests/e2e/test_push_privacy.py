@@ -11,10 +11,10 @@ import logging
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tests._poll import wait_for
 from tests.e2e._stack import ANDROID, IOS, Stack, stack, stack_options  # noqa: F401 - fixtures used by name
 
 SECRET = "the launch code is 0000"

@@ -14,14 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import wait_for
 
 from bridge.models import Device, Registration
-from bridge.runtime import Bridge
+from bridge.service import Bridge
 from bridge.sim.apns import ApnsSim
 from bridge.sim.imkit import ImkitSim
 from bridge.sim.stack import SimStack
 from bridge.upstream.protocol import Message
+from tests._poll import wait_for
 from tests.e2e._bridge import free_port
 from tests.e2e._stack import stack_settings
 

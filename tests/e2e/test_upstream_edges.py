@@ -8,9 +8,9 @@ import json
 from typing import Any
 
 import pytest
-from conftest import wait_for
 
 from bridge.worker.pool import WorkerPool
+from tests._poll import wait_for
 from tests.e2e._stack import IOS, Stack, stack  # noqa: F401 - fixtures used by name
 
 NEW_IOS = "b2" * 32

@@ -26,6 +26,7 @@ from bridge.push.apns import ApnsProvider, map_response
 from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
 from bridge.sim.apns import ApnsSim, run
 from bridge.sim.certs import ApnsKey, TestCerts, generate_apns_key, issue_test_certs
+from tests._poll import wait_for
 
 TOPIC = "com.example.chat"
 TIMEOUT = 0.5  # the provider's push timeout in these tests: stalls cost this much
@@ -102,15 +103,6 @@ def note(token: str, request: ApnsRequest | None = None, push_type: str = "ios")
         kind="message",
         apns=request or ApnsRequest({"aps": {"alert": {"title": "Ann", "body": "hello"}}}),
     )
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll a condition until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.01)
 
 
 # --- delivered, and what Apple would have seen
@@ -468,7 +460,7 @@ async def test_idle_timeout_is_configurable(make_provider: MakeProvider, sim: Ap
     provider = make_provider(idle_timeout=0.2)
     assert isinstance(await provider.send(note(new_token())), Delivered)
     assert sim.connections == 1
-    await wait_for(lambda: sim.connections == 0, within=3.0)
+    await wait_for(lambda: sim.connections == 0, timeout=3.0)
     assert isinstance(await provider.send(note(new_token())), Delivered)
 
 

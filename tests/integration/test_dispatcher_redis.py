@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
-import pytest
-from conftest import wait_for
 from redis.asyncio import Redis
 
 from bridge.metrics import Metrics
 from bridge.models import Notification
 from bridge.push.dispatcher import Dispatcher
 from bridge.push.provider import Delivered, Retry, SendResult
-from bridge.worker.shard import CLAIM_PREFIX, Membership, RedisClaims
-from tests._redis import RedisServer, redis_server, redis_server_factory  # noqa: F401 - fixtures, used by name
+from bridge.push.redis_claims import RedisClaims
+from bridge.redis_keys import CLAIM_PREFIX
+from bridge.worker.shard import Membership
+from tests._poll import wait_for
+from tests._redis import RedisServer, redis_client, redis_server, redis_server_factory  # noqa: F401 - fixtures, used by name
 
 
 class ScriptedProvider:
@@ -38,15 +38,6 @@ class ScriptedProvider:
 
     async def close(self) -> None:
         pass
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:  # noqa: F811 - a pytest fixture
-    client = Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def note(push_id: str) -> Notification:

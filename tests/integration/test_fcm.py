@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,9 @@ from bridge.push.fcm import FcmProvider
 from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
 from bridge.sim.fcm import FCM_ERROR_TYPE, FcmSim
 from bridge.upstream.protocol import Message
+from tests._poll import wait_for
 
 PUSH_TIMEOUT = 0.5
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
-    """Wait until ``predicate()`` is true, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 def note(token: str, **fcm: Any) -> Notification:

@@ -21,7 +21,6 @@ import aiohttp
 import pytest
 import socketio
 from aiohttp import web
-from conftest import wait_for
 
 from bridge._backoff import Backoff
 from bridge.models import SessionState
@@ -38,6 +37,7 @@ from bridge.upstream.ratelimit import ConnectLimiter
 from bridge.upstream.rest import ImkitRest, InvalidToken
 from bridge.upstream.session import TokenCheck, UpstreamSession
 from bridge.upstream.transport import make_http_session
+from tests._poll import wait_for
 
 CLIENT_KEY = "sim-client-key"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -14,8 +14,7 @@ import socketio
 
 from bridge.sim.imkit import ImkitSim, run
 from bridge.upstream.protocol import decode_payload
-
-WaitFor = Callable[..., Awaitable[None]]
+from tests._poll import wait_for
 
 NEW_HEADERS = "new"
 OLD_HEADERS = "old"
@@ -98,7 +97,7 @@ async def live_peer(
     return p
 
 
-async def marker(sim: ImkitSim, wait_for: WaitFor, client_id: str, *ps: Peer) -> None:
+async def marker(sim: ImkitSim, client_id: str, *ps: Peer) -> None:
     """Send a marker event to ``client_id`` and wait until every peer has it.
 
     Socket.IO keeps order on one connection, so anything emitted before the marker that a peer
@@ -209,7 +208,7 @@ async def test_required_client_key_is_checked_in_both_header_variants(
 
 
 async def test_disconnect_on_auth_failure_drops_instead_of_acking(
-    peers: Callable[..., Peer], wait_for: WaitFor
+    peers: Callable[..., Peer]
 ) -> None:
     sim = ImkitSim(disconnect_on_auth_failure=True)
     await sim.start()
@@ -251,7 +250,7 @@ async def test_ack_auth_false_never_acks_and_leaves_socket_unauthenticated(
 
 
 async def test_every_event_reaches_each_socket_of_the_members_only(
-    imkit_sim: ImkitSim, peers: Callable[..., Peer], wait_for: WaitFor
+    imkit_sim: ImkitSim, peers: Callable[..., Peer]
 ) -> None:
     sim = imkit_sim
     sim.create_user("alice", "Alice")
@@ -306,9 +305,9 @@ async def test_every_event_reaches_each_socket_of_the_members_only(
         assert await sim.emit_raw("alice", event, payload) == 2
         assert await sim.emit_raw("carol", event, payload) == 1
 
-    await marker(sim, wait_for, "alice", a1, a2)
-    await marker(sim, wait_for, "bob", b)
-    await marker(sim, wait_for, "carol", c)
+    await marker(sim, "alice", a1, a2)
+    await marker(sim, "bob", b)
+    await marker(sim, "carol", c)
 
     for p in (a1, a2, b):
         got = p.events("chat message")
@@ -341,13 +340,13 @@ async def test_every_event_reaches_each_socket_of_the_members_only(
 
 
 async def test_my_pref_delete_is_a_bare_key_string(
-    imkit_sim: ImkitSim, peers: Callable[..., Peer], wait_for: WaitFor
+    imkit_sim: ImkitSim, peers: Callable[..., Peer]
 ) -> None:
     imkit_sim.create_user("alice")
     b64 = await live_peer(imkit_sim, peers, "alice", b64=True)
     plain = await live_peer(imkit_sim, peers, "alice", b64=False)
     assert await imkit_sim.emit_raw("alice", "myPrefDelete", "demokey") == 2
-    await marker(imkit_sim, wait_for, "alice", b64, plain)
+    await marker(imkit_sim, "alice", b64, plain)
     b64_raw = [raw for e, raw in b64.raw if e == "myPrefDelete"]
     plain_raw = [raw for e, raw in plain.raw if e == "myPrefDelete"]
     # base64 of the text itself, not of its JSON form '"demokey"'
@@ -357,7 +356,7 @@ async def test_my_pref_delete_is_a_bare_key_string(
 
 
 async def test_emit_raw_without_encoding_sends_the_payload_untouched(
-    imkit_sim: ImkitSim, peers: Callable[..., Peer], wait_for: WaitFor
+    imkit_sim: ImkitSim, peers: Callable[..., Peer]
 ) -> None:
     imkit_sim.create_user("alice")
     p = await live_peer(imkit_sim, peers, "alice", b64=True)
@@ -365,7 +364,7 @@ async def test_emit_raw_without_encoding_sends_the_payload_untouched(
         await imkit_sim.emit_raw("alice", "chat message", "%%% not base64 %%%", encode=False) == 1
     )
     assert await imkit_sim.emit_raw("alice", "chat message", {"plain": True}, encode=False) == 1
-    await marker(imkit_sim, wait_for, "alice", p)
+    await marker(imkit_sim, "alice", p)
     assert [raw for e, raw in p.raw if e == "chat message"] == [
         "%%% not base64 %%%",
         {"plain": True},
@@ -377,7 +376,7 @@ async def test_emit_raw_without_encoding_sends_the_payload_untouched(
 
 
 async def test_drop_all_sockets_cuts_connections_and_clients_reconnect(
-    imkit_sim: ImkitSim, peers: Callable[..., Peer], wait_for: WaitFor
+    imkit_sim: ImkitSim, peers: Callable[..., Peer]
 ) -> None:
     imkit_sim.create_user("alice")
     imkit_sim.create_user("bob")
@@ -404,7 +403,7 @@ async def test_drop_all_sockets_cuts_connections_and_clients_reconnect(
 
 
 async def test_drop_sockets_of_one_user_cleanly(
-    imkit_sim: ImkitSim, peers: Callable[..., Peer], wait_for: WaitFor
+    imkit_sim: ImkitSim, peers: Callable[..., Peer]
 ) -> None:
     imkit_sim.create_user("alice")
     imkit_sim.create_user("bob")
@@ -662,7 +661,7 @@ async def test_rest_fault_switches(imkit_sim: ImkitSim) -> None:
 
 
 async def test_control_api_drives_the_model(
-    imkit_sim: ImkitSim, peers: Callable[..., Peer], wait_for: WaitFor
+    imkit_sim: ImkitSim, peers: Callable[..., Peer]
 ) -> None:
     sim = imkit_sim
     async with httpx.AsyncClient(base_url=sim.url) as http:
@@ -771,7 +770,7 @@ async def test_control_api_drives_the_model(
         assert (await http.get("/sim/stats")).json()["refused_total"] == 1
 
 
-async def test_run_serves_until_cancelled(wait_for: WaitFor) -> None:
+async def test_run_serves_until_cancelled() -> None:
     port = free_port()
     task = asyncio.create_task(run("127.0.0.1", port, require_client_key=True))
     try:

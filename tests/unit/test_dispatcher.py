@@ -18,6 +18,7 @@ from bridge.models import Notification
 from bridge.push.claims import MemoryClaims
 from bridge.push.dispatcher import Dispatcher, DispatcherClosed
 from bridge.push.provider import Delivered, Failed, Provider, Retry, SendResult, TokenInvalid
+from tests._poll import wait_for
 
 TOKEN = "SECRET-PUSH-TOKEN-0123456789abcdef"
 DELIVERED = Delivered("ok")
@@ -129,15 +130,6 @@ def note(
     return Notification(
         device_id=device_id, push_type=push_type, token=TOKEN, push_id=push_id, kind="message", **kw
     )
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll a condition until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.002)
 
 
 async def settle(rounds: int = 50) -> None:

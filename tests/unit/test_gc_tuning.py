@@ -12,7 +12,7 @@ import pytest
 from bridge import gc_tuning
 from bridge.config import Settings
 from bridge.gc_tuning import HeapFreezer
-from tests.conftest import WaitFor
+from tests._poll import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -49,9 +49,7 @@ def test_freezes_after_start_up_then_only_after_large_growth() -> None:
     assert f.freezes == 3 and f.frozen_at == 10_000
 
 
-async def test_watch_collects_the_young_generations_on_a_clock_and_freezes_on_growth(
-    wait_for: WaitFor,
-) -> None:
+async def test_watch_collects_the_young_generations_on_a_clock_and_freezes_on_growth() -> None:
     f = HeapFreezer(min_growth=10, ratio=0.25)
     f.freeze(10, "pool started")
     sessions = 10

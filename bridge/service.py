@@ -1,4 +1,5 @@
-"""The composition root: builds the store, providers, dispatcher and worker pool from Settings."""
+"""The service one process runs (the composition root): builds the store, providers, dispatcher
+and worker pool from Settings, starts them and shuts them down in order."""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ class Bridge:
         if settings.store_is_redis and role in ("serve", "worker"):
             import redis.asyncio as aioredis
 
-            from bridge.worker.shard import Membership, RedisClaims
+            from bridge.push.redis_claims import RedisClaims
+            from bridge.worker.shard import Membership
 
             # A blocking pool, as the store's: a burst of claims waits for a connection instead of
             # failing with "Too many connections" (a claim that fails is let through unchecked).

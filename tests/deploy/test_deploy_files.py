@@ -21,7 +21,7 @@ from bridge.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-# DESIGN section 5 plus the dropped-pushes counter.
+# The metrics of docs/design.md ("Metrics") plus the dropped-pushes counter.
 DESIGN_METRICS = {
     "bridge_devices", "bridge_sessions", "bridge_upstream_events_total", "bridge_decisions_total",
     "bridge_pushes_total", "bridge_push_latency_seconds_bucket", "bridge_push_queue_depth",
