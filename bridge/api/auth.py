@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import hmac
@@ -21,6 +22,9 @@ from bridge.config import Settings
 from bridge.upstream.rest import ImkitRest, InvalidToken, RequestRejected, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
+
+#: The rate limit's sliding window, seconds.
+WINDOW = 60.0
 
 MAX_TOKEN_LENGTH = 8192
 
@@ -263,26 +267,41 @@ class TokenVerifier:
 
 
 class RateLimiter:
-    """At most ``per_minute`` calls per client id in any sliding 60-second window."""
+    """At most ``per_minute`` calls per client id in any sliding 60-second window.
+
+    Each caller's call times sit in a plain sorted list (a deque costs ~600 bytes even when it
+    holds one time, and every registered user has called at least once); callers idle for a
+    minute are forgotten by a sweep at most once a minute, so the table holds only the last
+    minute's callers.
+    """
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._limit = per_minute
         self._clock = clock
-        self._calls: dict[str, deque[float]] = {}
+        self._calls: dict[str, list[float]] = {}
+        self._next_sweep = clock() + WINDOW
+
+    def __len__(self) -> int:
+        """Callers remembered now."""
+        return len(self._calls)
 
     def check(self, client_id: str) -> None:
         now = self._clock()
-        calls = self._calls.setdefault(client_id, deque())
-        while calls and calls[0] <= now - 60.0:
-            calls.popleft()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        calls = self._calls.setdefault(client_id, [])
+        expired = bisect.bisect_right(calls, now - WINDOW)
+        if expired:
+            del calls[:expired]
         if len(calls) >= self._limit:
-            retry = max(1, int(calls[0] + 60.0 - now) + 1)
+            retry = max(1, int(calls[0] + WINDOW - now) + 1)
             raise ApiError(429, "RATE_LIMITED", "too many calls, slow down", headers={"Retry-After": str(retry)})
         calls.append(now)
-        if len(self._calls) > 100_000:
-            # Forget idle callers so the table cannot grow without bound.
-            for key in [k for k, v in self._calls.items() if not v or v[-1] <= now - 60.0]:
-                del self._calls[key]
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k, v in self._calls.items() if not v or v[-1] <= now - WINDOW]:
+            del self._calls[key]
+        self._next_sweep = now + WINDOW
 
 
 class Authenticator:
