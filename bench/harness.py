@@ -2,13 +2,13 @@
 
 Each party runs in a process of its own, so each is measured alone:
 
-- the simulators: ``python -m bridge.bench_sims`` (IMKIT, APNs and FCM in one process, or with
+- the simulators: ``python -m bench.sims`` (IMKIT, APNs and FCM in one process, or with
   ``split_sims`` IMKIT in one and the two providers in another);
 - the bridge: ``python -m bridge serve`` with an SQLite store in a temporary directory, its RSS and
   CPU read from ``/proc/<pid>``;
 - the load: this process (users, registrations, control calls), a separate ``python -m
-  bridge.bench api-load`` process for ``api``, ``python -m bridge.bench bare`` for the
-  bare-library baseline of ``throughput``, and ``python -m bridge.bench_floor`` for the floor of
+  bench.harness api-load`` process for ``api``, ``python -m bench.harness bare`` for the
+  bare-library baseline of ``throughput``, and ``python -m bench.floor`` for the floor of
   ``rooms`` (run after the bridge has stopped, never beside it).
 
 Scenarios (see docs/benchmarks.md for what each one measures and the goals):
@@ -20,7 +20,7 @@ Scenarios (see docs/benchmarks.md for what each one measures and the goals):
 - ``api``: subscribe and state calls per second and their latency, from a load process;
 - ``rooms``: chat-shaped fan-out (N devices in rooms of M, R messages/s), emit → provider per
   push, per tenth of the run, bridge CPU, the highest sustained rate (``find_max``), beside the
-  bare-library floor measured in the same run (``python -m bridge.bench_floor``);
+  bare-library floor measured in the same run (``python -m bench.floor``);
 - ``steady``: idle RSS per live session at several counts, RSS growth per device after K
   messages each, and the longest GC pause (``bridge_gc_longest_pause_seconds``).
 
@@ -62,7 +62,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bridge.bench_sims import proc_usage, raise_nofile, run_queue_wait
+from bench.sims import proc_usage, raise_nofile, run_queue_wait
 
 SCENARIOS = ("sessions", "storm", "latency", "throughput", "api", "rooms", "steady")
 ADMIN_TOKEN = "bench-admin-token"
@@ -215,6 +215,18 @@ def machine_info() -> dict[str, Any]:
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "nofile_limit": raise_nofile(),
     }
+
+
+#: The source checkout holding this package (the bench is not part of the installed wheel).
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def bench_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with :data:`CHECKOUT` first on PYTHONPATH:
+    a child started as ``python -m bench.…`` in a temporary directory imports this package."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def free_port() -> int:
@@ -390,13 +402,13 @@ class Harness:
         for part in parts:
             ready = self.tmp / f"sims-{part}.json"
             argv = [
-                sys.executable, "-m", "bridge.bench_sims",
+                sys.executable, "-m", "bench.sims",
                 "--state-dir", str(self.tmp / "sims"), "--ready-file", str(ready), "--parts", part,
             ]  # fmt: skip
             child = Child(
                 f"simulators ({part})",
                 argv,
-                dict(os.environ),
+                bench_env(),
                 self.tmp / f"sims-{part}.log",
                 self.tmp,
             )
@@ -555,7 +567,7 @@ class Harness:
         child = Child(
             name,
             [sys.executable, "-m", *argv, str(spec_file), str(out)],
-            env or dict(os.environ),
+            bench_env(env),
             self.tmp / f"{slug}.log",
             self.tmp,
         )
@@ -1370,7 +1382,7 @@ async def _run_bare(h: Harness, provider: str, count: int, concurrency: int) -> 
         "control": h.control("providers"),
     }
     child, out = h.spawn(
-        f"bare {provider} loop", ["bridge.bench", "bare"], spec, bare_library_env(h)
+        f"bare {provider} loop", ["bench.harness", "bare"], spec, bare_library_env(h)
     )
 
     async def received() -> int:
@@ -1401,7 +1413,7 @@ async def _api(h: Harness, o: Options) -> Result:
     rss0, cpu0 = h.bridge_usage()
     h.profile("api")
     t0 = time.monotonic()
-    child, out = h.spawn("api load", ["bridge.bench", "api-load"], spec)
+    child, out = h.spawn("api load", ["bench.harness", "api-load"], spec)
     await h.run_to_end(
         child, f"API load, {o.concurrency} concurrent calls for {o.duration:g} s", o.duration + 60
     )
@@ -1685,7 +1697,7 @@ async def _floor_receive(
         "freeze": o.floor_gc == "frozen",
         "status": str(status),
     }
-    child, out = h.spawn("floor receive", ["bridge.bench_floor", "receive"], spec)
+    child, out = h.spawn("floor receive", ["bench.floor", "receive"], spec)
     try:
         with h.ui.progress(f"floor: {n:,} bare socket.io clients connecting", n) as update:
 
@@ -1760,7 +1772,7 @@ async def _floor_send(
         "warm": len(plan.rooms),
         "freeze": o.floor_gc == "frozen",
     }  # fmt: skip
-    child, out = h.spawn("floor send", ["bridge.bench_floor", "send"], spec, bare_library_env(h))
+    child, out = h.spawn("floor send", ["bench.floor", "send"], spec, bare_library_env(h))
     await h.run_to_end(
         child,
         f"floor: bare libraries sending {rate:g} bursts/s",
@@ -2664,9 +2676,9 @@ async def run_bench(scenario: str, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bridge.bench {api-load|bare} SPEC OUT``: the load and baseline child processes;
-    ``python -m bridge.bench plot-sessions OUT.png RESULT.json...``: memory against sessions held."""
-    p = argparse.ArgumentParser(prog="python -m bridge.bench")
+    """``python -m bench.harness {api-load|bare} SPEC OUT``: the load and baseline child processes;
+    ``python -m bench.harness plot-sessions OUT.png RESULT.json...``: memory against sessions held."""
+    p = argparse.ArgumentParser(prog="python -m bench.harness")
     p.add_argument("role", choices=["api-load", "bare", "plot-sessions"])
     p.add_argument("spec", help="JSON file with the parameters (plot-sessions: the PNG to write)")
     p.add_argument(

@@ -1,4 +1,4 @@
-"""``python -m bridge.bench_sims``: the simulated IMKIT, APNs and FCM for ``push-bridge bench``.
+"""``python -m bench.sims``: the simulated IMKIT, APNs and FCM for ``push-bridge bench``.
 
 The benchmark keeps the simulators out of the bridge's process (and out of its own), so the
 bridge's RSS and CPU are the bridge's alone. This child process runs :class:`ImkitSim`,
@@ -448,9 +448,9 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m bridge.bench_sims``."""
+    """Entry point of ``python -m bench.sims``."""
     p = argparse.ArgumentParser(
-        prog="python -m bridge.bench_sims", description=__doc__.split("\n")[0]
+        prog="python -m bench.sims", description=__doc__.split("\n")[0]
     )
     p.add_argument("--state-dir", required=True, help="where certificates, keys and credentials go")
     p.add_argument("--ready-file", required=True, help="JSON written here once everything listens")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bridge.bench import (
+from bench.harness import (
     NOFILE_RESERVE,
     BenchDevice,
     Options,
@@ -24,7 +24,7 @@ from bridge.bench import (
     session_counts,
     summarize,
 )
-from bridge.bench_sims import _Arrivals
+from bench.sims import _Arrivals
 from bridge.metrics import GC_PAUSES, Metrics
 
 
