@@ -5,15 +5,15 @@ Issue 3: both in one run, against the same simulator, at the same concurrency. F
 1. the dispatcher (``bridge.push.dispatcher.Dispatcher``, ``concurrency`` workers) with the real
    ``ApnsProvider`` / ``FcmProvider`` built from the same ``BRIDGE_*`` settings a bridge would use;
 2. a bare loop: ``concurrency`` tasks calling aioapns' ``send_notification`` / firebase-admin's
-   ``send_each_async`` directly (``bench.harness.bare_apns_loop`` / ``bare_fcm_loop``).
+   ``send_each_async`` directly (``bench.baselines.bare_apns_loop`` / ``bare_fcm_loop``).
 
 Both send the payload the bridge composes for a text message, after a warm-up of 200 sends. The
 rate is counted by the simulator (requests between the first and the last arrival); the sender's
 own wall-clock rate is shown too. The simulated APNs and FCM run in a child process
 (``python -m bench.sims --parts providers``); the senders run here, one after another.
 
-    .venv/bin/python bench/dispatcher_vs_bare.py                       # 20000 pushes, concurrency 100
-    .venv/bin/python bench/dispatcher_vs_bare.py --pushes 5000 --output result.json
+    .venv/bin/python -m bench.dispatcher_vs_bare                       # 20000 pushes, concurrency 100
+    .venv/bin/python -m bench.dispatcher_vs_bare --pushes 5000 --output result.json
 """
 
 from __future__ import annotations
@@ -30,15 +30,9 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import (
-    Child,
-    bare_apns_loop,
-    bare_fcm_loop,
-    bench_env,
-    sample_requests,
-    wait_until,
-)
-from bench.sims import raise_nofile
+from bench.baselines import bare_apns_loop, bare_fcm_loop, sample_requests
+from bench.machine import raise_nofile
+from bench.processes import Child, bench_env, wait_until
 from bridge.config import Settings
 from bridge.metrics import Metrics
 from bridge.models import Notification

@@ -34,8 +34,8 @@ from typing import Any
 import aiohttp
 import socketio
 
-from bench.harness import BareApns, BareFcm
-from bench.sims import proc_usage, raise_nofile, run_queue_wait
+from bench.baselines import BareApns, BareFcm
+from bench.machine import proc_usage, raise_nofile, run_queue_wait
 from bridge.cli import _run as run_on_bridge_loop
 from bridge.upstream.transport import make_http_session
 

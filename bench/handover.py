@@ -1,7 +1,7 @@
 """Hand-over benchmark for several workers on Redis: re-homing time after a SIGKILL, balance after a
 worker joins, and duplicate/missing pushes for a steady message stream across both.
 
-    .venv/bin/python bench/handover.py --devices 600 --workers 3 --lease-ttl 15
+    .venv/bin/python -m bench.handover --devices 600 --workers 3 --lease-ttl 15
 
 Runs `push-bridge api` + N `push-bridge worker` processes against a private redis-server and the
 simulated IMKIT and APNs (in this process), and prints one JSON line of figures. It reuses the

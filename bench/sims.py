@@ -35,7 +35,6 @@ import gc
 import json
 import logging
 import os
-import resource
 import signal
 import time
 from collections import Counter
@@ -44,6 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bench.machine import proc_usage, raise_nofile
 from bridge.sim.apns import ApnsSim
 from bridge.sim.certs import generate_apns_key, issue_test_certs
 from bridge.sim.fcm import FcmSim
@@ -55,40 +55,6 @@ TOPIC = "com.example.chat"
 PARTS = ("all", "imkit", "providers")
 #: How often the providers' records are folded into arrival times.
 DRAIN_INTERVAL = 0.02
-
-
-def proc_usage(pid: int | str = "self") -> tuple[int, float]:
-    """``(VmRSS in KiB, user+system CPU seconds)`` of a process, read from ``/proc``."""
-    rss = 0
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-                break
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        # The command name (field 2) may hold spaces; the fields after its ')' are fixed.
-        fields = f.read().rpartition(")")[2].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return rss, ticks / os.sysconf("SC_CLK_TCK")
-
-
-def run_queue_wait(pid: int | str = "self") -> float:
-    """Seconds the main thread of a process has been ready to run but waiting for a CPU.
-
-    From ``/proc/<pid>/schedstat``: on a shared machine, the share of a window a process spent
-    waiting is what the other processes cost it (the event loop is that thread).
-    """
-    with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
-        return int(f.read().split()[1]) / 1e9
-
-
-def raise_nofile() -> int:
-    """Raise this process's open-files soft limit to its hard limit; returns the new limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        return int(hard)
-    return int(soft)
 
 
 def peak_rate(times: list[float], since: float = 0.0, window: float = 1.0) -> int:

@@ -234,10 +234,10 @@ BENCH_FROM_CHECKOUT = (
 
 
 def _bench_module() -> ModuleType:
-    """The bench's entry module (``bench.harness``): importable as it is, or else from the source
+    """The bench's entry module (``bench.run``): importable as it is, or else from the source
     checkout this ``bridge`` package runs from (``pip install -e .``), whose root then joins the
     import path for this command only. Raises :class:`SystemExit` with what to install."""
-    name = "bench.harness"
+    name = "bench.run"
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -263,7 +263,7 @@ def _bench_extra_missing(exc: ModuleNotFoundError) -> str:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     module = _bench_module()
-    BenchError: type[Exception] = module.BenchError
+    BenchError: type[Exception] = module.BenchError  # bench.processes.BenchError
     run_bench: Callable[[str, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]] = module.run_bench
 
     configure_logging("WARNING", "text")
