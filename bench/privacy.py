@@ -17,10 +17,11 @@ import argparse
 import time
 
 from bridge.compose import Target, compose_message
+from bridge.models import PushContent
 from bridge.upstream.protocol import Message
 
 KEY = bytes(range(32))
-MODES = ("full", "hidden", "encrypted")
+MODES: tuple[PushContent, ...] = ("full", "hidden", "encrypted")
 
 
 def message(text: str) -> Message:

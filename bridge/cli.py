@@ -256,7 +256,7 @@ def _bench_module() -> ModuleType:
 
 def _bench_extra_missing(exc: ModuleNotFoundError) -> str:
     return (
-        f"push-bridge bench: it needs the bench extra ({exc.name} is missing): "
+        f"push-bridge bench: it needs the bench extra ({(exc.name or '').partition('.')[0]} is missing): "
         "pip install -e '.[bench]' in the source checkout"
     )
 
