@@ -27,26 +27,15 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import jwt
-from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    WindowUpdated,
-)
-from h2.exceptions import H2Error
-from h2.settings import SettingCodes
 
 from bridge.sim.certs import ApnsKey, generate_apns_key, issue_test_certs
+from bridge.sim.h2server import H2Request, H2ServerConnection
 
 logger = logging.getLogger(__name__)
 
@@ -117,99 +106,34 @@ class _Verdict:
     echo_apns_id: bool = True
 
 
-@dataclass(slots=True)
-class _Stream:
-    headers: dict[str, str]
-    body: bytearray = field(default_factory=bytearray)
-
-
-class _Connection(asyncio.Protocol):
-    """One client connection: h2 state machine, request assembly, responses under flow control."""
+class _Connection(H2ServerConnection):
+    """One client connection: each whole request judged as Apple would, answered (or stalled, or
+    dropped with a GOAWAY) as judged."""
 
     def __init__(self, sim: ApnsSim, environment: str) -> None:
+        super().__init__(sim.max_concurrent_streams)
         self._sim = sim
         self._environment = environment
-        self._h2 = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
-        self._transport: asyncio.Transport | None = None
-        self._streams: dict[int, _Stream] = {}
-        #: Response bodies waiting for flow-control window, by stream.
-        self._pending: dict[int, bytes] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self.client_cert = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not an isinstance check: uvloop's TLS transport (``push-bridge sim`` runs on uvloop)
-        # has every method of asyncio.Transport without subclassing it.
-        self._transport = cast(asyncio.Transport, transport)
         self.client_cert = bool(transport.get_extra_info("peercert"))
         self._sim._connections.add(self)
         self._sim.accepted += 1
-        self._h2.initiate_connection()
-        self._h2.update_settings(
-            {SettingCodes.MAX_CONCURRENT_STREAMS: self._sim.max_concurrent_streams}
-        )
-        self._flush()
+        super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._sim._connections.discard(self)
-        for task in self._tasks:
-            task.cancel()
+        super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            events = self._h2.receive_data(data)
-        except H2Error:
-            logger.warning("APNs sim: HTTP/2 protocol error from a client; closing")
-            self.close()
-            return
-        for event in events:
-            if isinstance(event, RequestReceived):
-                self._streams[event.stream_id] = _Stream(
-                    {str(k): str(v) for k, v in event.headers or ()}
-                )
-            elif isinstance(event, DataReceived):
-                stream = self._streams.get(event.stream_id)
-                if stream is not None and event.data:
-                    stream.body.extend(event.data)
-                self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, StreamEnded):
-                stream = self._streams.pop(event.stream_id, None)
-                if stream is not None:
-                    self._request(event.stream_id, stream)
-            elif isinstance(event, StreamReset):
-                self._streams.pop(event.stream_id, None)
-                self._pending.pop(event.stream_id, None)
-            elif isinstance(event, WindowUpdated):
-                self._send_pending()
-            elif isinstance(event, ConnectionTerminated):
-                self.close()
-                return
-        self._flush()
-
-    def close(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
-
-    def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _flush(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(self._h2.data_to_send())
-
-    def _request(self, stream_id: int, stream: _Stream) -> None:
+    def request_received(self, stream_id: int, request: H2Request) -> None:
         verdict, received = self._sim._judge(
-            stream.headers, bytes(stream.body), self.client_cert, self._environment
+            request.headers, bytes(request.body), self.client_cert, self._environment
         )
         self._sim._record(received)
-        apns_id = stream.headers.get("apns-id") or str(uuid.uuid4())
+        apns_id = request.headers.get("apns-id") or str(uuid.uuid4())
         if verdict.stall:
-            task = asyncio.get_running_loop().create_task(
-                self._answer_later(stream_id, apns_id, verdict)
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.spawn(self._answer_later(stream_id, apns_id, verdict))
         else:
             self._answer(stream_id, apns_id, verdict)
 
@@ -217,50 +141,31 @@ class _Connection(asyncio.Protocol):
         assert verdict.stall is not None
         await asyncio.sleep(verdict.stall)
         self._answer(stream_id, apns_id, verdict)
-        self._flush()
 
     def _answer(self, stream_id: int, apns_id: str, verdict: _Verdict) -> None:
         if verdict.goaway:
             # Apple says why in the GOAWAY debug data; the in-flight stream is not processed.
-            self._h2.close_connection(
+            self.h2.close_connection(
                 error_code=ErrorCodes.NO_ERROR,
                 additional_data=json.dumps({"reason": verdict.reason or "Shutdown"}).encode(),
                 last_stream_id=max(0, stream_id - 2),
             )
-            self._flush()
+            self.flush()
             self.close()
             return
         headers = [(":status", str(verdict.status))]
         if verdict.echo_apns_id:
             headers.append(("apns-id", apns_id))
-        try:
-            if verdict.status == 200:
-                self._h2.send_headers(stream_id, headers, end_stream=True)
-            else:
-                headers.append(("content-type", "application/json"))
-                if verdict.retry_after is not None:
-                    headers.append(("retry-after", str(verdict.retry_after)))
-                body: dict[str, Any] = {"reason": verdict.reason or ""}
-                if verdict.status == 410:
-                    body["timestamp"] = int(time.time() * 1000)
-                self._h2.send_headers(stream_id, headers)
-                self._pending[stream_id] = json.dumps(body).encode()
-                self._send_pending()
-        except H2Error:
-            # The client gave up on this stream (reset) or the connection is going away.
-            logger.debug("APNs sim: stream %d closed before its answer", stream_id)
-
-    def _send_pending(self) -> None:
-        # HTTP/2 flow control: an answer waits until the client hands back window credit.
-        for stream_id, body in list(self._pending.items()):
-            try:
-                window = self._h2.local_flow_control_window(stream_id)
-                if window < len(body):
-                    continue
-                self._h2.send_data(stream_id, body, end_stream=True)
-            except H2Error:
-                pass
-            del self._pending[stream_id]
+        if verdict.status == 200:
+            self.respond(stream_id, headers)
+            return
+        headers.append(("content-type", "application/json"))
+        if verdict.retry_after is not None:
+            headers.append(("retry-after", str(verdict.retry_after)))
+        body: dict[str, Any] = {"reason": verdict.reason or ""}
+        if verdict.status == 410:
+            body["timestamp"] = int(time.time() * 1000)
+        self.respond(stream_id, headers, json.dumps(body).encode())
 
 
 class ApnsSim:
