@@ -2,10 +2,12 @@
 
 ``POST /v1/projects/{project}/messages:send`` checks what Google checks (a bearer token it issued,
 the project id, the message shape: one target, string-only ``data``, at most 4096 bytes of data
-keys and values plus notification titles and bodies, no unknown fields) and answers in Google's error body shape, including the ``FcmError`` detail that
-firebase-admin reads. ``POST /token`` answers a service-account JWT-bearer grant after verifying
-the assertion's RS256 signature against the key this simulator generated. Per-token scripts give
-errors, ``429`` with ``Retry-After``, stalls and dropped connections.
+keys and values plus notification titles and bodies, no unknown fields; the message checks are in
+:mod:`bridge.sim.fcm_messages`) and answers in Google's error body shape, including the
+``FcmError`` detail that firebase-admin reads. ``POST /token`` answers a service-account
+JWT-bearer grant after verifying the assertion's RS256 signature against the key this simulator
+generated. Per-token scripts give errors, ``429`` with ``Retry-After``, stalls and dropped
+connections.
 
 Plain mode speaks HTTP/1.1; with ``tls=True`` the same port negotiates HTTP/2 or HTTP/1.1 by ALPN
 (firebase-admin's httpx client takes ``h2``, google-auth's token fetch through ``requests`` takes
@@ -37,12 +39,11 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge.sim.fcm_messages import ERROR_CODES, check_message, google_error
 from bridge.sim.h2server import H2Request, H2ServerConnection
 
 logger = logging.getLogger(__name__)
 
-FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
-BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 GOOGLE_TOKEN_ENDPOINT = "https://oauth2.googleapis.com/token"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 #: Either scope lets a service account send FCM messages.
@@ -50,56 +51,6 @@ FCM_SCOPES = frozenset(
     {
         "https://www.googleapis.com/auth/firebase.messaging",
         "https://www.googleapis.com/auth/cloud-platform",
-    }
-)
-MAX_DATA_BYTES = 4096
-
-#: FCM error code -> (HTTP status, google.rpc status, the message Google sends with it).
-ERROR_CODES: dict[str, tuple[int, str, str]] = {
-    "UNSPECIFIED_ERROR": (500, "INTERNAL", "No more information is available about this error."),
-    "INVALID_ARGUMENT": (
-        400,
-        "INVALID_ARGUMENT",
-        "The registration token is not a valid FCM registration token",
-    ),
-    "UNREGISTERED": (404, "NOT_FOUND", "Requested entity was not found."),
-    "SENDER_ID_MISMATCH": (403, "PERMISSION_DENIED", "SenderId mismatch"),
-    "QUOTA_EXCEEDED": (
-        429,
-        "RESOURCE_EXHAUSTED",
-        "Quota exceeded for quota metric 'Messages' and limit 'Messages per minute'.",
-    ),
-    "UNAVAILABLE": (503, "UNAVAILABLE", "The service is currently unavailable."),
-    "INTERNAL": (500, "INTERNAL", "Internal error encountered."),
-    "THIRD_PARTY_AUTH_ERROR": (401, "UNAUTHENTICATED", "Auth error from APNS or Web Push Service"),
-}
-_STATUS_NAMES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    409: "ABORTED",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    502: "UNKNOWN",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-#: Fields of a v1 ``Message`` (snake_case and the lowerCamel spelling proto JSON also accepts).
-_MESSAGE_FIELDS = frozenset(
-    {
-        "name",
-        "data",
-        "notification",
-        "android",
-        "webpush",
-        "apns",
-        "fcm_options",
-        "fcmOptions",
-        "token",
-        "fid",
-        "topic",
-        "condition",
     }
 )
 _SEND_PATH = re.compile(r"^/v1/projects/(?P<project>[^/]+)/messages:send$")
@@ -149,89 +100,6 @@ class _Reply:
 
     def encoded(self) -> bytes:
         return json.dumps(self.body).encode()
-
-
-def google_error(
-    status: int,
-    message: str,
-    *,
-    error_code: str | None = None,
-    field_violation: str | None = None,
-) -> dict[str, Any]:
-    """A Google API error body: ``{"error": {code, message, status, details}}``."""
-    details: list[dict[str, Any]] = []
-    if error_code is not None:
-        details.append({"@type": FCM_ERROR_TYPE, "errorCode": error_code})
-    if field_violation is not None:
-        details.append(
-            {
-                "@type": BAD_REQUEST_TYPE,
-                "fieldViolations": [{"field": field_violation, "description": message}],
-            }
-        )
-    error: dict[str, Any] = {
-        "code": status,
-        "message": message,
-        "status": _STATUS_NAMES.get(status, "UNKNOWN"),
-    }
-    if details:
-        error["details"] = details
-    return {"error": error}
-
-
-def _check_message(message: Any) -> tuple[str, str] | None:
-    """What Google would reject in a v1 message, as (message, field), or None if it is fine."""
-    if not isinstance(message, dict):
-        return "Invalid JSON payload received. 'message' must be an object.", "message"
-    for name in message:
-        if name not in _MESSAGE_FIELDS:
-            return (
-                f"Invalid JSON payload received. Unknown name \"{name}\" at 'message': Cannot find field.",
-                f"message.{name}",
-            )
-    targets = [
-        t for t in ("token", "fid", "topic", "condition") if message.get(t) not in (None, "")
-    ]
-    if len(targets) != 1:
-        return "Exactly one of token, fid, topic or condition must be specified.", "message"
-    if "token" in message and not isinstance(message["token"], str):
-        return "Invalid value at 'message.token' (TYPE_STRING)", "message.token"
-    data = message.get("data", {})
-    if not isinstance(data, dict):
-        return (
-            "Invalid value at 'message.data' (type.googleapis.com/google.firebase.fcm.v1.Message.DataEntry)",
-            "message.data",
-        )
-    size = 0
-    for i, (key, value) in enumerate(data.items()):
-        if not isinstance(value, str):
-            return (
-                f"Invalid value at 'message.data[{i}].value' (TYPE_STRING), {json.dumps(value)}",
-                f"message.data[{i}].value",
-            )
-        size += len(key.encode()) + len(value.encode())
-    for block in ("notification", "android", "apns", "webpush"):
-        if block in message and not isinstance(message[block], dict):
-            return f"Invalid value at 'message.{block}'", f"message.{block}"
-    # FCM counts the whole message against its limit, not only ``data``: the notification's
-    # title and body too, wherever they are (top level or a platform block).
-    for note in (
-        message.get("notification"),
-        (message.get("android") or {}).get("notification"),
-        (message.get("webpush") or {}).get("notification"),
-    ):
-        if isinstance(note, dict):
-            size += sum(
-                len(v.encode())
-                for k, v in note.items()
-                if k in ("title", "body") and isinstance(v, str)
-            )
-    if size > MAX_DATA_BYTES:
-        return (
-            f"Message is too big: {size} bytes, the limit is {MAX_DATA_BYTES}.",
-            "message",
-        )
-    return None
 
 
 class FcmSim:
@@ -552,7 +420,7 @@ class FcmSim:
             ), None
         if not isinstance(body, dict):
             return _Reply(400, google_error(400, "Invalid JSON payload received.")), None
-        problem = _check_message(message)
+        problem = check_message(message)
         if problem is not None:
             text, where = problem
             return _Reply(
