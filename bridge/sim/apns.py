@@ -1,7 +1,7 @@
 """A simulated APNs server: HTTP/2 over TLS, answering the way Apple's provider API does.
 
 It checks what Apple checks (path, ``apns-topic``, ``apns-push-type``, the ES256 provider token,
-the payload) and answers ``200`` with ``apns-id`` in one HEADERS frame with END_STREAM, or an
+the payload: :mod:`bridge.sim.apns_requests`) and answers ``200`` with ``apns-id`` in one HEADERS frame with END_STREAM, or an
 error status with a JSON ``{"reason": ...}`` body. Device tokens can be scripted to answer with
 any status and reason, to stall, or to drop the connection with a GOAWAY. Every request that
 arrives complete is recorded in :attr:`ApnsSim.received`, with the verdict it got.
@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import ssl
 import time
 import uuid
@@ -31,35 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
 from h2.errors import ErrorCodes
 
+from bridge.sim.apns_requests import ProviderTokens, Verdict, check_request
 from bridge.sim.certs import ApnsKey, generate_apns_key, issue_test_certs
 from bridge.sim.h2server import H2Request, H2ServerConnection
 
 logger = logging.getLogger(__name__)
 
-PAYLOAD_LIMIT = 4096
-VOIP_PAYLOAD_LIMIT = 5120
-PUSH_TYPES = frozenset(
-    {
-        "alert",
-        "background",
-        "voip",
-        "complication",
-        "fileprovider",
-        "mdm",
-        "liveactivity",
-        "location",
-        "pushtotalk",
-        "widgets",
-    }
-)
-#: Apple refuses provider tokens older than an hour.
-TOKEN_MAX_AGE = 3600.0
-_PATH = re.compile(r"/3/device/([^/]+)")
-_HEX = re.compile(r"[0-9a-fA-F]+")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +74,6 @@ class _Script:
     echo_apns_id: bool
 
 
-@dataclass(slots=True)
-class _Verdict:
-    status: int
-    reason: str | None = None
-    stall: float | None = None
-    goaway: bool = False
-    retry_after: int | None = None
-    echo_apns_id: bool = True
-
-
 class _Connection(H2ServerConnection):
     """One client connection: each whole request judged as Apple would, answered (or stalled, or
     dropped with a GOAWAY) as judged."""
@@ -137,12 +105,12 @@ class _Connection(H2ServerConnection):
         else:
             self._answer(stream_id, apns_id, verdict)
 
-    async def _answer_later(self, stream_id: int, apns_id: str, verdict: _Verdict) -> None:
+    async def _answer_later(self, stream_id: int, apns_id: str, verdict: Verdict) -> None:
         assert verdict.stall is not None
         await asyncio.sleep(verdict.stall)
         self._answer(stream_id, apns_id, verdict)
 
-    def _answer(self, stream_id: int, apns_id: str, verdict: _Verdict) -> None:
+    def _answer(self, stream_id: int, apns_id: str, verdict: Verdict) -> None:
         if verdict.goaway:
             # Apple says why in the GOAWAY debug data; the in-flight stream is not processed.
             self.h2.close_connection(
@@ -190,12 +158,7 @@ class ApnsSim:
         keep_received: int | None = None,
     ) -> None:
         self.topics = frozenset(topics)
-        self._keys: dict[str, tuple[str, str]] = {}
-        for k in keys:
-            key_id, team_id, pem = (
-                (k.key_id, k.team_id, k.public_key_pem) if isinstance(k, ApnsKey) else k
-            )
-            self._keys[key_id] = (team_id, pem)
+        self._tokens = ProviderTokens(keys)
         self.max_concurrent_streams = max_concurrent_streams
         self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._ssl.load_cert_chain(cert_file, key_file)
@@ -211,8 +174,6 @@ class ApnsSim:
         #: Connections accepted since construction (a recycled client shows up here).
         self.accepted = 0
         self._scripts: dict[str, _Script] = {}
-        #: Provider tokens already verified, with their ``iat``, so each JWT is checked once.
-        self._verified: dict[str, float] = {}
         self._received_changed = asyncio.Event()
         self._keep_received = keep_received
         self.received: list[ApnsReceived] = []
@@ -344,14 +305,14 @@ class ApnsSim:
             self.on_record(received)
         self._received_changed.set()
 
-    # --- Apple's checks, in the order Apple's answers suggest
-
     def _judge(
         self, headers: dict[str, str], body: bytes, client_cert: bool, environment: str
-    ) -> tuple[_Verdict, ApnsReceived]:
-        verdict, token, payload = self._check(headers, body, client_cert)
+    ) -> tuple[Verdict, ApnsReceived]:
+        verdict, token, payload = check_request(
+            headers, body, client_cert=client_cert, topics=self.topics, tokens=self._tokens
+        )
         if verdict is None and self._token_environments.get(token, environment) != environment:
-            verdict = _Verdict(400, "BadDeviceToken")  # a token of the other environment
+            verdict = Verdict(400, "BadDeviceToken")  # a token of the other environment
         if verdict is None:
             verdict = self._scripted(token)
         received = ApnsReceived(
@@ -365,15 +326,15 @@ class ApnsSim:
         )
         return verdict, received
 
-    def _scripted(self, token: str) -> _Verdict:
+    def _scripted(self, token: str) -> Verdict:
         script = self._scripts.get(token)
         if script is None:
-            return _Verdict(200)
+            return Verdict(200)
         if script.times is not None:
             script.times -= 1
             if script.times <= 0:
                 del self._scripts[token]
-        return _Verdict(
+        return Verdict(
             script.status,
             script.reason,
             script.stall,
@@ -381,90 +342,6 @@ class ApnsSim:
             script.retry_after,
             script.echo_apns_id,
         )
-
-    def _check(
-        self, headers: dict[str, str], body: bytes, client_cert: bool
-    ) -> tuple[_Verdict | None, str, dict[str, Any]]:
-        path = _PATH.fullmatch(headers.get(":path", ""))
-        token = path.group(1) if path else ""
-        if headers.get(":method") != "POST":
-            return _Verdict(405, "MethodNotAllowed"), token, {}
-        if path is None:
-            return _Verdict(404, "BadPath"), token, {}
-        if not _HEX.fullmatch(token):
-            return _Verdict(400, "BadDeviceToken"), token, {}
-        auth_error = self._check_auth(headers.get("authorization"), client_cert)
-        if auth_error is not None:
-            return _Verdict(403, auth_error), token, {}
-        push_type = headers.get("apns-push-type", "alert")
-        if push_type not in PUSH_TYPES:
-            return _Verdict(400, "InvalidPushType"), token, {}
-        topic = headers.get("apns-topic")
-        if not topic:
-            return _Verdict(400, "MissingTopic"), token, {}
-        base_topic = topic.removesuffix(".voip")
-        if base_topic not in self.topics:
-            return _Verdict(400, "TopicDisallowed"), token, {}
-        if (push_type == "voip") != topic.endswith(".voip"):
-            return _Verdict(400, "InvalidPushType"), token, {}
-        header_error = self._check_headers(headers)
-        if header_error is not None:
-            return _Verdict(400, header_error), token, {}
-        limit = VOIP_PAYLOAD_LIMIT if push_type == "voip" else PAYLOAD_LIMIT
-        if len(body) > limit:
-            return _Verdict(413, "PayloadTooLarge"), token, {}
-        if not body:
-            return _Verdict(400, "PayloadEmpty"), token, {}
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return _Verdict(400, "BadPayload"), token, {}
-        if not isinstance(payload, dict):
-            return _Verdict(400, "BadPayload"), token, {}
-        return None, token, payload
-
-    @staticmethod
-    def _check_headers(headers: dict[str, str]) -> str | None:
-        if headers.get("apns-priority", "10") not in ("1", "5", "10"):
-            return "BadPriority"
-        apns_id = headers.get("apns-id")
-        if apns_id is not None and not _UUID.fullmatch(apns_id):
-            return "BadMessageId"
-        if len(headers.get("apns-collapse-id", "").encode()) > 64:
-            return "BadCollapseId"
-        expiration = headers.get("apns-expiration")
-        if expiration is not None and not expiration.isdigit():
-            return "BadExpirationDate"
-        return None
-
-    def _check_auth(self, authorization: str | None, client_cert: bool) -> str | None:
-        if authorization is None:
-            return None if client_cert else "MissingProviderToken"
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return "InvalidProviderToken"
-        iat = self._verified.get(token)
-        if iat is None:
-            try:
-                kid = jwt.get_unverified_header(token).get("kid")
-                team_id, pem = self._keys[str(kid)]
-                claims = jwt.decode(
-                    token,
-                    pem,
-                    algorithms=["ES256"],
-                    issuer=team_id,
-                    options={"require": ["iss", "iat"], "verify_iat": False},
-                )
-                iat = float(claims["iat"])
-            except (jwt.PyJWTError, KeyError, TypeError, ValueError):
-                return "InvalidProviderToken"
-            if len(self._verified) > 1000:
-                self._verified.clear()
-            self._verified[token] = iat
-        if time.time() - iat > TOKEN_MAX_AGE:
-            return "ExpiredProviderToken"
-        return None
-
 
 def _load_or_create(state_dir: Path) -> tuple[Path, Path, Path, ApnsKey]:
     """Reuse the certificates and key of an earlier run, so a configured bridge keeps working."""
