@@ -64,6 +64,7 @@ _MESSAGE_FIELDS = frozenset(
     }
 )
 
+
 def google_error(
     status: int,
     message: str,
