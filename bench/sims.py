@@ -48,10 +48,10 @@ from bridge.sim.apns import ApnsSim
 from bridge.sim.certs import generate_apns_key, issue_test_certs
 from bridge.sim.fcm import FcmSim
 from bridge.sim.imkit import ImkitSim
+from bridge.sim.stack import TOPIC, apns_settings, as_env, fcm_settings, imkit_settings
 
 logger = logging.getLogger(__name__)
 
-TOPIC = "com.example.chat"
 PARTS = ("all", "imkit", "providers")
 #: How often the providers' records are folded into arrival times.
 DRAIN_INTERVAL = 0.02
@@ -155,7 +155,7 @@ class BenchSims:
         if self.parts in ("all", "imkit"):
             self.imkit = ImkitSim()
             await self.imkit.start(self.host, 0)
-            self.env["BRIDGE_IMKIT_URL"] = self.imkit.url
+            self.env.update(as_env(imkit_settings(self.imkit.url)))
         if self.parts in ("all", "providers"):
             certs = await asyncio.to_thread(issue_test_certs, d / "certs")
             key = await asyncio.to_thread(generate_apns_key, d / "keys")
@@ -171,20 +171,11 @@ class BenchSims:
             )
             await self.fcm.start(self.host, 0)
             sa = self.fcm.write_service_account(d / "fcm-service-account.json")
-            self.env.update(
-                {
-                    "BRIDGE_APNS_HOST": self.host,
-                    "BRIDGE_APNS_PORT": str(self.apns.port),
-                    "BRIDGE_APNS_CA_FILE": str(certs.ca_file),
-                    "BRIDGE_APNS_KEY_FILE": str(key.key_file),
-                    "BRIDGE_APNS_KEY_ID": key.key_id,
-                    "BRIDGE_APNS_TEAM_ID": key.team_id,
-                    "BRIDGE_APNS_TOPIC": TOPIC,
-                    "BRIDGE_FCM_CREDENTIALS_FILE": str(sa),
-                    "BRIDGE_FCM_URL": self.fcm.url,
-                    "BRIDGE_FCM_CA_FILE": str(certs.ca_file),
-                }
+            apns = apns_settings(
+                host=self.host, port=self.apns.port, ca_file=certs.ca_file, key=key, topic=TOPIC
             )
+            fcm = fcm_settings(url=self.fcm.url, service_account=sa, ca_file=certs.ca_file)
+            self.env.update(as_env({**apns, **fcm}))
             self._drain_task = asyncio.create_task(self._drain_loop(), name="bench-sims-drain")
         app = web.Application(client_max_size=64 * 1024 * 1024)
         self._routes(app)

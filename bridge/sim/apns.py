@@ -372,6 +372,8 @@ async def run(host: str, port: int, state_dir: Path, topic: str) -> None:
     ``state_dir/apns-received.jsonl`` (emptied at start): what arrived is otherwise visible only
     inside this process, and a bridge in another process or container is checked against it.
     """
+    from bridge.sim.stack import apns_settings, as_env  # stack.py imports this module
+
     ca_file, cert_file, server_key_file, key = await asyncio.to_thread(_load_or_create, state_dir)
     sim = ApnsSim(cert_file, server_key_file, topics=[topic], keys=[key])
     received_file = state_dir / "apns-received.jsonl"
@@ -391,15 +393,9 @@ async def run(host: str, port: int, state_dir: Path, topic: str) -> None:
     try:
         # One listener, as before: a bridge given only BRIDGE_APNS_HOST sends both environments here.
         await sim.start(host, port, sandbox_port=None)
-        env = {
-            "BRIDGE_APNS_HOST": host,
-            "BRIDGE_APNS_PORT": str(sim.port),
-            "BRIDGE_APNS_CA_FILE": str(ca_file),
-            "BRIDGE_APNS_KEY_FILE": str(key.key_file),
-            "BRIDGE_APNS_KEY_ID": key.key_id,
-            "BRIDGE_APNS_TEAM_ID": key.team_id,
-            "BRIDGE_APNS_TOPIC": topic,
-        }
+        env = as_env(
+            apns_settings(host=host, port=sim.port, ca_file=ca_file, key=key, topic=topic)
+        )
         state = {
             "host": host,
             "port": sim.port,
