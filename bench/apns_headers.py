@@ -6,7 +6,7 @@ provider token in ``authorization``) on one h2 client connection, ``--requests``
 request normalised and validated, Huffman coding, ``authorization`` never indexed) and for
 :func:`bridge.push.apns.cheap_headers`. The fastest of ``--repeat`` runs (the machine is shared).
 
-    .venv/bin/python bench/apns_headers.py
+    .venv/bin/python -m bench.apns_headers
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ before the compose cache (:func:`bridge.compose.compose_message` per device), th
 :class:`bridge.worker.compose_cache.ComposeCache` (one composition, then a copy per device with
 its badge), and prints the mean µs per push (fastest of ``--repeat`` runs: the machine is shared).
 
-    .venv/bin/python bench/compose_fanout.py
-    .venv/bin/python bench/compose_fanout.py --messages 400 --room-size 50 --repeat 3
+    .venv/bin/python -m bench.compose_fanout
+    .venv/bin/python -m bench.compose_fanout --messages 400 --room-size 50 --repeat 3
 """
 
 from __future__ import annotations

@@ -5,15 +5,15 @@ Issue 3: both in one run, against the same simulator, at the same concurrency. F
 1. the dispatcher (``bridge.push.dispatcher.Dispatcher``, ``concurrency`` workers) with the real
    ``ApnsProvider`` / ``FcmProvider`` built from the same ``BRIDGE_*`` settings a bridge would use;
 2. a bare loop: ``concurrency`` tasks calling aioapns' ``send_notification`` / firebase-admin's
-   ``send_each_async`` directly (``bridge.bench.bare_apns_loop`` / ``bare_fcm_loop``).
+   ``send_each_async`` directly (``bench.baselines.bare_apns_loop`` / ``bare_fcm_loop``).
 
 Both send the payload the bridge composes for a text message, after a warm-up of 200 sends. The
 rate is counted by the simulator (requests between the first and the last arrival); the sender's
 own wall-clock rate is shown too. The simulated APNs and FCM run in a child process
-(``python -m bridge.bench_sims --parts providers``); the senders run here, one after another.
+(``python -m bench.sims --parts providers``); the senders run here, one after another.
 
-    .venv/bin/python bench/dispatcher_vs_bare.py                       # 20000 pushes, concurrency 100
-    .venv/bin/python bench/dispatcher_vs_bare.py --pushes 5000 --output result.json
+    .venv/bin/python -m bench.dispatcher_vs_bare                       # 20000 pushes, concurrency 100
+    .venv/bin/python -m bench.dispatcher_vs_bare --pushes 5000 --output result.json
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from typing import Any
 
 import aiohttp
 
-from bridge.bench import Child, bare_apns_loop, bare_fcm_loop, sample_requests, wait_until
-from bridge.bench_sims import raise_nofile
+from bench.baselines import bare_apns_loop, bare_fcm_loop, sample_requests
+from bench.machine import raise_nofile
+from bench.processes import Child, bench_env, wait_until
 from bridge.config import Settings
 from bridge.metrics import Metrics
 from bridge.models import Notification
@@ -170,7 +171,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     argv = [
         sys.executable,
         "-m",
-        "bridge.bench_sims",
+        "bench.sims",
         "--state-dir",
         str(tmp),
         "--ready-file",
@@ -178,7 +179,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "--parts",
         "providers",
     ]
-    sims = Child("simulators", argv, dict(os.environ), tmp / "sims.log", tmp)
+    sims = Child("simulators", argv, bench_env(), tmp / "sims.log", tmp)
     try:
 
         async def up() -> bool:

@@ -1,54 +1,55 @@
 """Hand-over benchmark for several workers on Redis: re-homing time after a SIGKILL, balance after a
 worker joins, and duplicate/missing pushes for a steady message stream across both.
 
-    .venv/bin/python bench/handover.py --devices 600 --workers 3 --lease-ttl 15
+    .venv/bin/python -m bench.handover --devices 600 --workers 3 --lease-ttl 15
 
 Runs `push-bridge api` + N `push-bridge worker` processes against a private redis-server and the
-simulated IMKIT and APNs (in this process), and prints one JSON line of figures. It reuses the
-harness of tests/e2e/test_multinode.py, which asserts the same properties on a smaller scale.
+simulated IMKIT and APNs (in this process), and prints one JSON line of figures. Its cluster
+(bench/cluster.py) is the one tests/e2e/test_multinode.py asserts the same properties with, on a
+smaller scale.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 from cryptography.fernet import Fernet
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the harness imports conftest
-
-from bridge.sim.stack import SimStack  # noqa: E402
-from tests._redis import RedisServer  # noqa: E402
-from tests.e2e.test_multinode import Cluster, Stream, one_session_each, pushes_by_message  # noqa: E402
+from bench.cluster import Cluster, LocalRedis, Stream, one_session_each, pushes_by_message
+from bench.processes import wait_until
+from bridge.sim.stack import SimStack
 
 
-async def until(cond, timeout: float, what: str, interval: float = 0.1) -> float:  # type: ignore[no-untyped-def]
-    start = time.monotonic()
-    while True:
-        r = cond()
-        if asyncio.iscoroutine(r):
-            r = await r
-        if r:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(what)
-        await asyncio.sleep(interval)
+async def until(
+    cond: Callable[[], bool | Awaitable[bool]],
+    timeout: float,  # noqa: ASYNC109 - a deadline is the point of this helper
+    what: str,
+    interval: float = 0.1,
+) -> float:
+    """Seconds until ``cond()`` (plain or awaitable) holds; raises at ``timeout``."""
+
+    async def check() -> bool:
+        result = cond()
+        return await result if inspect.isawaitable(result) else result
+
+    return await wait_until(check, timeout, what, interval)
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     tmp = Path(tempfile.mkdtemp(prefix="bench-handover-"))
-    redis = RedisServer(tmp / "redis", appendonly=True)
+    redis = LocalRedis(tmp / "redis")
     redis.start()
     sims = await SimStack.start(tmp, apns_keep=None)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}

@@ -7,8 +7,8 @@ whole in every mode: one seal for ``encrypted``), and a 6,000-character one (tri
 fitting attempt of ``encrypted`` seals, and base64 costs a third of the budget). The fastest of
 ``--repeat`` runs is shown (the machine is shared: the minimum is the least noisy).
 
-    .venv/bin/python bench/privacy.py
-    .venv/bin/python bench/privacy.py --iterations 10000 --repeat 3
+    .venv/bin/python -m bench.privacy
+    .venv/bin/python -m bench.privacy --iterations 10000 --repeat 3
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import argparse
 import time
 
 from bridge.compose import Target, compose_message
+from bridge.models import PushContent
 from bridge.upstream.protocol import Message
 
 KEY = bytes(range(32))
-MODES = ("full", "hidden", "encrypted")
+MODES: tuple[PushContent, ...] = ("full", "hidden", "encrypted")
 
 
 def message(text: str) -> Message:

@@ -4,8 +4,8 @@ The simulated IMKIT runs in a separate process, so only the bridge side is measu
 in a fresh child process of this script (a process that already held and freed sessions keeps
 part of that memory, which would skew the next number).
 
-    .venv/bin/python bench/sessions_rss.py                  # N = 1000 and 5000
-    .venv/bin/python bench/sessions_rss.py --sessions 200 --rate 400
+    .venv/bin/python -m bench.sessions_rss                  # N = 1000 and 5000
+    .venv/bin/python -m bench.sessions_rss --sessions 200 --rate 400
 """
 
 from __future__ import annotations

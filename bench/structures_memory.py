@@ -14,8 +14,8 @@ Memory is ``tracemalloc``'s: what the structures allocate and keep. The message 
 push ids are made beforehand (they belong to the event objects and the dispatcher). Also shown:
 the objects the garbage collector tracks, which is what a full collection walks.
 
-    .venv/bin/python bench/structures_memory.py
-    .venv/bin/python bench/structures_memory.py --messages 10000 --rooms 200
+    .venv/bin/python -m bench.structures_memory
+    .venv/bin/python -m bench.structures_memory --messages 10000 --rooms 200
 """
 
 from __future__ import annotations

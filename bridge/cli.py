@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -224,14 +226,48 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- bench
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from rich.console import Console
+#: What ``push-bridge bench`` says when it cannot find the bench package.
+BENCH_FROM_CHECKOUT = (
+    "push-bridge bench runs from a source checkout of imkit-push-bridge: clone it, then "
+    "pip install -e '.[bench]' there (the installed package carries no benchmark code)"
+)
 
-    from bridge.bench import BenchError, run_bench
+
+def _bench_module() -> ModuleType:
+    """The bench's entry module (``bench.run``): importable as it is, or else from the source
+    checkout this ``bridge`` package runs from (``pip install -e .``), whose root then joins the
+    import path for this command only. Raises :class:`SystemExit` with what to install."""
+    name = "bench.run"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("bench", name):
+            raise SystemExit(_bench_extra_missing(exc)) from None
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "bench" / "__init__.py").is_file():
+        raise SystemExit(f"push-bridge bench: {BENCH_FROM_CHECKOUT}")
+    sys.path.insert(0, str(checkout))
+    sys.modules.pop("bench", None)  # an unrelated package of that name, if one was found first
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        raise SystemExit(_bench_extra_missing(exc)) from None
+
+
+def _bench_extra_missing(exc: ModuleNotFoundError) -> str:
+    return (
+        f"push-bridge bench: it needs the bench extra ({(exc.name or '').partition('.')[0]} is missing): "
+        "pip install -e '.[bench]' in the source checkout"
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    module = _bench_module()
+    BenchError: type[Exception] = module.BenchError  # bench.processes.BenchError
+    run_bench: Callable[[str, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]] = module.run_bench
 
     configure_logging("WARNING", "text")
     opts = {k: v for k, v in vars(args).items() if k not in ("func", "command", "scenario")}
-    opts["console"] = Console(stderr=True)
 
     async def bench() -> dict[str, Any]:
         # SIGINT/SIGTERM cancel the run, so the bench stops the processes it started.

@@ -36,6 +36,8 @@ echo "== ruff"
 .venv/bin/ruff check bridge tests bench
 echo "== mypy --strict bridge"
 .venv/bin/mypy --strict bridge
+echo "== mypy --strict bench"
+.venv/bin/mypy --strict bench
 
 if [ -f .ci/helm.sh ]; then
   echo "== helm chart"

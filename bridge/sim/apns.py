@@ -1,7 +1,7 @@
 """A simulated APNs server: HTTP/2 over TLS, answering the way Apple's provider API does.
 
 It checks what Apple checks (path, ``apns-topic``, ``apns-push-type``, the ES256 provider token,
-the payload) and answers ``200`` with ``apns-id`` in one HEADERS frame with END_STREAM, or an
+the payload: :mod:`bridge.sim.apns_requests`) and answers ``200`` with ``apns-id`` in one HEADERS frame with END_STREAM, or an
 error status with a JSON ``{"reason": ...}`` body. Device tokens can be scripted to answer with
 any status and reason, to stall, or to drop the connection with a GOAWAY. Every request that
 arrives complete is recorded in :attr:`ApnsSim.received`, with the verdict it got.
@@ -21,56 +21,23 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import ssl
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import jwt
-from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    WindowUpdated,
-)
-from h2.exceptions import H2Error
-from h2.settings import SettingCodes
 
+from bridge.sim.apns_requests import ProviderTokens, Verdict, check_request
 from bridge.sim.certs import ApnsKey, generate_apns_key, issue_test_certs
+from bridge.sim.h2server import H2Request, H2ServerConnection
 
 logger = logging.getLogger(__name__)
 
-PAYLOAD_LIMIT = 4096
-VOIP_PAYLOAD_LIMIT = 5120
-PUSH_TYPES = frozenset(
-    {
-        "alert",
-        "background",
-        "voip",
-        "complication",
-        "fileprovider",
-        "mdm",
-        "liveactivity",
-        "location",
-        "pushtotalk",
-        "widgets",
-    }
-)
-#: Apple refuses provider tokens older than an hour.
-TOKEN_MAX_AGE = 3600.0
-_PATH = re.compile(r"/3/device/([^/]+)")
-_HEX = re.compile(r"[0-9a-fA-F]+")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,160 +74,66 @@ class _Script:
     echo_apns_id: bool
 
 
-@dataclass(slots=True)
-class _Verdict:
-    status: int
-    reason: str | None = None
-    stall: float | None = None
-    goaway: bool = False
-    retry_after: int | None = None
-    echo_apns_id: bool = True
-
-
-@dataclass(slots=True)
-class _Stream:
-    headers: dict[str, str]
-    body: bytearray = field(default_factory=bytearray)
-
-
-class _Connection(asyncio.Protocol):
-    """One client connection: h2 state machine, request assembly, responses under flow control."""
+class _Connection(H2ServerConnection):
+    """One client connection: each whole request judged as Apple would, answered (or stalled, or
+    dropped with a GOAWAY) as judged."""
 
     def __init__(self, sim: ApnsSim, environment: str) -> None:
+        super().__init__(sim.max_concurrent_streams)
         self._sim = sim
         self._environment = environment
-        self._h2 = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
-        self._transport: asyncio.Transport | None = None
-        self._streams: dict[int, _Stream] = {}
-        #: Response bodies waiting for flow-control window, by stream.
-        self._pending: dict[int, bytes] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self.client_cert = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not an isinstance check: uvloop's TLS transport (``push-bridge sim`` runs on uvloop)
-        # has every method of asyncio.Transport without subclassing it.
-        self._transport = cast(asyncio.Transport, transport)
         self.client_cert = bool(transport.get_extra_info("peercert"))
         self._sim._connections.add(self)
         self._sim.accepted += 1
-        self._h2.initiate_connection()
-        self._h2.update_settings(
-            {SettingCodes.MAX_CONCURRENT_STREAMS: self._sim.max_concurrent_streams}
-        )
-        self._flush()
+        super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._sim._connections.discard(self)
-        for task in self._tasks:
-            task.cancel()
+        super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            events = self._h2.receive_data(data)
-        except H2Error:
-            logger.warning("APNs sim: HTTP/2 protocol error from a client; closing")
-            self.close()
-            return
-        for event in events:
-            if isinstance(event, RequestReceived):
-                self._streams[event.stream_id] = _Stream(
-                    {str(k): str(v) for k, v in event.headers or ()}
-                )
-            elif isinstance(event, DataReceived):
-                stream = self._streams.get(event.stream_id)
-                if stream is not None and event.data:
-                    stream.body.extend(event.data)
-                self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, StreamEnded):
-                stream = self._streams.pop(event.stream_id, None)
-                if stream is not None:
-                    self._request(event.stream_id, stream)
-            elif isinstance(event, StreamReset):
-                self._streams.pop(event.stream_id, None)
-                self._pending.pop(event.stream_id, None)
-            elif isinstance(event, WindowUpdated):
-                self._send_pending()
-            elif isinstance(event, ConnectionTerminated):
-                self.close()
-                return
-        self._flush()
-
-    def close(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
-
-    def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _flush(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(self._h2.data_to_send())
-
-    def _request(self, stream_id: int, stream: _Stream) -> None:
+    def request_received(self, stream_id: int, request: H2Request) -> None:
         verdict, received = self._sim._judge(
-            stream.headers, bytes(stream.body), self.client_cert, self._environment
+            request.headers, bytes(request.body), self.client_cert, self._environment
         )
         self._sim._record(received)
-        apns_id = stream.headers.get("apns-id") or str(uuid.uuid4())
+        apns_id = request.headers.get("apns-id") or str(uuid.uuid4())
         if verdict.stall:
-            task = asyncio.get_running_loop().create_task(
-                self._answer_later(stream_id, apns_id, verdict)
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.spawn(self._answer_later(stream_id, apns_id, verdict))
         else:
             self._answer(stream_id, apns_id, verdict)
 
-    async def _answer_later(self, stream_id: int, apns_id: str, verdict: _Verdict) -> None:
+    async def _answer_later(self, stream_id: int, apns_id: str, verdict: Verdict) -> None:
         assert verdict.stall is not None
         await asyncio.sleep(verdict.stall)
         self._answer(stream_id, apns_id, verdict)
-        self._flush()
 
-    def _answer(self, stream_id: int, apns_id: str, verdict: _Verdict) -> None:
+    def _answer(self, stream_id: int, apns_id: str, verdict: Verdict) -> None:
         if verdict.goaway:
             # Apple says why in the GOAWAY debug data; the in-flight stream is not processed.
-            self._h2.close_connection(
+            self.h2.close_connection(
                 error_code=ErrorCodes.NO_ERROR,
                 additional_data=json.dumps({"reason": verdict.reason or "Shutdown"}).encode(),
                 last_stream_id=max(0, stream_id - 2),
             )
-            self._flush()
+            self.flush()
             self.close()
             return
         headers = [(":status", str(verdict.status))]
         if verdict.echo_apns_id:
             headers.append(("apns-id", apns_id))
-        try:
-            if verdict.status == 200:
-                self._h2.send_headers(stream_id, headers, end_stream=True)
-            else:
-                headers.append(("content-type", "application/json"))
-                if verdict.retry_after is not None:
-                    headers.append(("retry-after", str(verdict.retry_after)))
-                body: dict[str, Any] = {"reason": verdict.reason or ""}
-                if verdict.status == 410:
-                    body["timestamp"] = int(time.time() * 1000)
-                self._h2.send_headers(stream_id, headers)
-                self._pending[stream_id] = json.dumps(body).encode()
-                self._send_pending()
-        except H2Error:
-            # The client gave up on this stream (reset) or the connection is going away.
-            logger.debug("APNs sim: stream %d closed before its answer", stream_id)
-
-    def _send_pending(self) -> None:
-        # HTTP/2 flow control: an answer waits until the client hands back window credit.
-        for stream_id, body in list(self._pending.items()):
-            try:
-                window = self._h2.local_flow_control_window(stream_id)
-                if window < len(body):
-                    continue
-                self._h2.send_data(stream_id, body, end_stream=True)
-            except H2Error:
-                pass
-            del self._pending[stream_id]
+        if verdict.status == 200:
+            self.respond(stream_id, headers)
+            return
+        headers.append(("content-type", "application/json"))
+        if verdict.retry_after is not None:
+            headers.append(("retry-after", str(verdict.retry_after)))
+        body: dict[str, Any] = {"reason": verdict.reason or ""}
+        if verdict.status == 410:
+            body["timestamp"] = int(time.time() * 1000)
+        self.respond(stream_id, headers, json.dumps(body).encode())
 
 
 class ApnsSim:
@@ -285,12 +158,7 @@ class ApnsSim:
         keep_received: int | None = None,
     ) -> None:
         self.topics = frozenset(topics)
-        self._keys: dict[str, tuple[str, str]] = {}
-        for k in keys:
-            key_id, team_id, pem = (
-                (k.key_id, k.team_id, k.public_key_pem) if isinstance(k, ApnsKey) else k
-            )
-            self._keys[key_id] = (team_id, pem)
+        self._tokens = ProviderTokens(keys)
         self.max_concurrent_streams = max_concurrent_streams
         self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._ssl.load_cert_chain(cert_file, key_file)
@@ -306,8 +174,6 @@ class ApnsSim:
         #: Connections accepted since construction (a recycled client shows up here).
         self.accepted = 0
         self._scripts: dict[str, _Script] = {}
-        #: Provider tokens already verified, with their ``iat``, so each JWT is checked once.
-        self._verified: dict[str, float] = {}
         self._received_changed = asyncio.Event()
         self._keep_received = keep_received
         self.received: list[ApnsReceived] = []
@@ -439,14 +305,14 @@ class ApnsSim:
             self.on_record(received)
         self._received_changed.set()
 
-    # --- Apple's checks, in the order Apple's answers suggest
-
     def _judge(
         self, headers: dict[str, str], body: bytes, client_cert: bool, environment: str
-    ) -> tuple[_Verdict, ApnsReceived]:
-        verdict, token, payload = self._check(headers, body, client_cert)
+    ) -> tuple[Verdict, ApnsReceived]:
+        verdict, token, payload = check_request(
+            headers, body, client_cert=client_cert, topics=self.topics, tokens=self._tokens
+        )
         if verdict is None and self._token_environments.get(token, environment) != environment:
-            verdict = _Verdict(400, "BadDeviceToken")  # a token of the other environment
+            verdict = Verdict(400, "BadDeviceToken")  # a token of the other environment
         if verdict is None:
             verdict = self._scripted(token)
         received = ApnsReceived(
@@ -460,15 +326,15 @@ class ApnsSim:
         )
         return verdict, received
 
-    def _scripted(self, token: str) -> _Verdict:
+    def _scripted(self, token: str) -> Verdict:
         script = self._scripts.get(token)
         if script is None:
-            return _Verdict(200)
+            return Verdict(200)
         if script.times is not None:
             script.times -= 1
             if script.times <= 0:
                 del self._scripts[token]
-        return _Verdict(
+        return Verdict(
             script.status,
             script.reason,
             script.stall,
@@ -476,90 +342,6 @@ class ApnsSim:
             script.retry_after,
             script.echo_apns_id,
         )
-
-    def _check(
-        self, headers: dict[str, str], body: bytes, client_cert: bool
-    ) -> tuple[_Verdict | None, str, dict[str, Any]]:
-        path = _PATH.fullmatch(headers.get(":path", ""))
-        token = path.group(1) if path else ""
-        if headers.get(":method") != "POST":
-            return _Verdict(405, "MethodNotAllowed"), token, {}
-        if path is None:
-            return _Verdict(404, "BadPath"), token, {}
-        if not _HEX.fullmatch(token):
-            return _Verdict(400, "BadDeviceToken"), token, {}
-        auth_error = self._check_auth(headers.get("authorization"), client_cert)
-        if auth_error is not None:
-            return _Verdict(403, auth_error), token, {}
-        push_type = headers.get("apns-push-type", "alert")
-        if push_type not in PUSH_TYPES:
-            return _Verdict(400, "InvalidPushType"), token, {}
-        topic = headers.get("apns-topic")
-        if not topic:
-            return _Verdict(400, "MissingTopic"), token, {}
-        base_topic = topic.removesuffix(".voip")
-        if base_topic not in self.topics:
-            return _Verdict(400, "TopicDisallowed"), token, {}
-        if (push_type == "voip") != topic.endswith(".voip"):
-            return _Verdict(400, "InvalidPushType"), token, {}
-        header_error = self._check_headers(headers)
-        if header_error is not None:
-            return _Verdict(400, header_error), token, {}
-        limit = VOIP_PAYLOAD_LIMIT if push_type == "voip" else PAYLOAD_LIMIT
-        if len(body) > limit:
-            return _Verdict(413, "PayloadTooLarge"), token, {}
-        if not body:
-            return _Verdict(400, "PayloadEmpty"), token, {}
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return _Verdict(400, "BadPayload"), token, {}
-        if not isinstance(payload, dict):
-            return _Verdict(400, "BadPayload"), token, {}
-        return None, token, payload
-
-    @staticmethod
-    def _check_headers(headers: dict[str, str]) -> str | None:
-        if headers.get("apns-priority", "10") not in ("1", "5", "10"):
-            return "BadPriority"
-        apns_id = headers.get("apns-id")
-        if apns_id is not None and not _UUID.fullmatch(apns_id):
-            return "BadMessageId"
-        if len(headers.get("apns-collapse-id", "").encode()) > 64:
-            return "BadCollapseId"
-        expiration = headers.get("apns-expiration")
-        if expiration is not None and not expiration.isdigit():
-            return "BadExpirationDate"
-        return None
-
-    def _check_auth(self, authorization: str | None, client_cert: bool) -> str | None:
-        if authorization is None:
-            return None if client_cert else "MissingProviderToken"
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return "InvalidProviderToken"
-        iat = self._verified.get(token)
-        if iat is None:
-            try:
-                kid = jwt.get_unverified_header(token).get("kid")
-                team_id, pem = self._keys[str(kid)]
-                claims = jwt.decode(
-                    token,
-                    pem,
-                    algorithms=["ES256"],
-                    issuer=team_id,
-                    options={"require": ["iss", "iat"], "verify_iat": False},
-                )
-                iat = float(claims["iat"])
-            except (jwt.PyJWTError, KeyError, TypeError, ValueError):
-                return "InvalidProviderToken"
-            if len(self._verified) > 1000:
-                self._verified.clear()
-            self._verified[token] = iat
-        if time.time() - iat > TOKEN_MAX_AGE:
-            return "ExpiredProviderToken"
-        return None
-
 
 def _load_or_create(state_dir: Path) -> tuple[Path, Path, Path, ApnsKey]:
     """Reuse the certificates and key of an earlier run, so a configured bridge keeps working."""
@@ -590,6 +372,8 @@ async def run(host: str, port: int, state_dir: Path, topic: str) -> None:
     ``state_dir/apns-received.jsonl`` (emptied at start): what arrived is otherwise visible only
     inside this process, and a bridge in another process or container is checked against it.
     """
+    from bridge.sim.stack import apns_settings, as_env  # stack.py imports this module
+
     ca_file, cert_file, server_key_file, key = await asyncio.to_thread(_load_or_create, state_dir)
     sim = ApnsSim(cert_file, server_key_file, topics=[topic], keys=[key])
     received_file = state_dir / "apns-received.jsonl"
@@ -609,15 +393,9 @@ async def run(host: str, port: int, state_dir: Path, topic: str) -> None:
     try:
         # One listener, as before: a bridge given only BRIDGE_APNS_HOST sends both environments here.
         await sim.start(host, port, sandbox_port=None)
-        env = {
-            "BRIDGE_APNS_HOST": host,
-            "BRIDGE_APNS_PORT": str(sim.port),
-            "BRIDGE_APNS_CA_FILE": str(ca_file),
-            "BRIDGE_APNS_KEY_FILE": str(key.key_file),
-            "BRIDGE_APNS_KEY_ID": key.key_id,
-            "BRIDGE_APNS_TEAM_ID": key.team_id,
-            "BRIDGE_APNS_TOPIC": topic,
-        }
+        env = as_env(
+            apns_settings(host=host, port=sim.port, ca_file=ca_file, key=key, topic=topic)
+        )
         state = {
             "host": host,
             "port": sim.port,

@@ -2,15 +2,18 @@
 
 ``POST /v1/projects/{project}/messages:send`` checks what Google checks (a bearer token it issued,
 the project id, the message shape: one target, string-only ``data``, at most 4096 bytes of data
-keys and values plus notification titles and bodies, no unknown fields) and answers in Google's error body shape, including the ``FcmError`` detail that
-firebase-admin reads. ``POST /token`` answers a service-account JWT-bearer grant after verifying
-the assertion's RS256 signature against the key this simulator generated. Per-token scripts give
-errors, ``429`` with ``Retry-After``, stalls and dropped connections.
+keys and values plus notification titles and bodies, no unknown fields; the message checks are in
+:mod:`bridge.sim.fcm_messages`) and answers in Google's error body shape, including the
+``FcmError`` detail that firebase-admin reads. ``POST /token`` answers a service-account
+JWT-bearer grant after verifying the assertion's RS256 signature against the key this simulator
+generated. Per-token scripts give errors, ``429`` with ``Retry-After``, stalls and dropped
+connections.
 
 Plain mode speaks HTTP/1.1; with ``tls=True`` the same port negotiates HTTP/2 or HTTP/1.1 by ALPN
 (firebase-admin's httpx client takes ``h2``, google-auth's token fetch through ``requests`` takes
 ``http/1.1``). HTTP/1.1 is served by aiohttp, HTTP/2 by a small ``h2`` protocol; both call the same
-request handler. Everything it answered is in :attr:`FcmSim.received`.
+request handler (HTTP/2 through :mod:`bridge.sim.h2server`, as the simulated APNs). Everything it
+answered is in :attr:`FcmSim.received`.
 """
 
 from __future__ import annotations
@@ -31,20 +34,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
 import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge.sim.fcm_messages import ERROR_CODES, check_message, google_error
+from bridge.sim.h2server import H2Request, H2ServerConnection
+
 logger = logging.getLogger(__name__)
 
-FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
-BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 GOOGLE_TOKEN_ENDPOINT = "https://oauth2.googleapis.com/token"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 #: Either scope lets a service account send FCM messages.
@@ -52,56 +51,6 @@ FCM_SCOPES = frozenset(
     {
         "https://www.googleapis.com/auth/firebase.messaging",
         "https://www.googleapis.com/auth/cloud-platform",
-    }
-)
-MAX_DATA_BYTES = 4096
-
-#: FCM error code -> (HTTP status, google.rpc status, the message Google sends with it).
-ERROR_CODES: dict[str, tuple[int, str, str]] = {
-    "UNSPECIFIED_ERROR": (500, "INTERNAL", "No more information is available about this error."),
-    "INVALID_ARGUMENT": (
-        400,
-        "INVALID_ARGUMENT",
-        "The registration token is not a valid FCM registration token",
-    ),
-    "UNREGISTERED": (404, "NOT_FOUND", "Requested entity was not found."),
-    "SENDER_ID_MISMATCH": (403, "PERMISSION_DENIED", "SenderId mismatch"),
-    "QUOTA_EXCEEDED": (
-        429,
-        "RESOURCE_EXHAUSTED",
-        "Quota exceeded for quota metric 'Messages' and limit 'Messages per minute'.",
-    ),
-    "UNAVAILABLE": (503, "UNAVAILABLE", "The service is currently unavailable."),
-    "INTERNAL": (500, "INTERNAL", "Internal error encountered."),
-    "THIRD_PARTY_AUTH_ERROR": (401, "UNAUTHENTICATED", "Auth error from APNS or Web Push Service"),
-}
-_STATUS_NAMES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    409: "ABORTED",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    502: "UNKNOWN",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-#: Fields of a v1 ``Message`` (snake_case and the lowerCamel spelling proto JSON also accepts).
-_MESSAGE_FIELDS = frozenset(
-    {
-        "name",
-        "data",
-        "notification",
-        "android",
-        "webpush",
-        "apns",
-        "fcm_options",
-        "fcmOptions",
-        "token",
-        "fid",
-        "topic",
-        "condition",
     }
 )
 _SEND_PATH = re.compile(r"^/v1/projects/(?P<project>[^/]+)/messages:send$")
@@ -151,89 +100,6 @@ class _Reply:
 
     def encoded(self) -> bytes:
         return json.dumps(self.body).encode()
-
-
-def google_error(
-    status: int,
-    message: str,
-    *,
-    error_code: str | None = None,
-    field_violation: str | None = None,
-) -> dict[str, Any]:
-    """A Google API error body: ``{"error": {code, message, status, details}}``."""
-    details: list[dict[str, Any]] = []
-    if error_code is not None:
-        details.append({"@type": FCM_ERROR_TYPE, "errorCode": error_code})
-    if field_violation is not None:
-        details.append(
-            {
-                "@type": BAD_REQUEST_TYPE,
-                "fieldViolations": [{"field": field_violation, "description": message}],
-            }
-        )
-    error: dict[str, Any] = {
-        "code": status,
-        "message": message,
-        "status": _STATUS_NAMES.get(status, "UNKNOWN"),
-    }
-    if details:
-        error["details"] = details
-    return {"error": error}
-
-
-def _check_message(message: Any) -> tuple[str, str] | None:
-    """What Google would reject in a v1 message, as (message, field), or None if it is fine."""
-    if not isinstance(message, dict):
-        return "Invalid JSON payload received. 'message' must be an object.", "message"
-    for name in message:
-        if name not in _MESSAGE_FIELDS:
-            return (
-                f"Invalid JSON payload received. Unknown name \"{name}\" at 'message': Cannot find field.",
-                f"message.{name}",
-            )
-    targets = [
-        t for t in ("token", "fid", "topic", "condition") if message.get(t) not in (None, "")
-    ]
-    if len(targets) != 1:
-        return "Exactly one of token, fid, topic or condition must be specified.", "message"
-    if "token" in message and not isinstance(message["token"], str):
-        return "Invalid value at 'message.token' (TYPE_STRING)", "message.token"
-    data = message.get("data", {})
-    if not isinstance(data, dict):
-        return (
-            "Invalid value at 'message.data' (type.googleapis.com/google.firebase.fcm.v1.Message.DataEntry)",
-            "message.data",
-        )
-    size = 0
-    for i, (key, value) in enumerate(data.items()):
-        if not isinstance(value, str):
-            return (
-                f"Invalid value at 'message.data[{i}].value' (TYPE_STRING), {json.dumps(value)}",
-                f"message.data[{i}].value",
-            )
-        size += len(key.encode()) + len(value.encode())
-    for block in ("notification", "android", "apns", "webpush"):
-        if block in message and not isinstance(message[block], dict):
-            return f"Invalid value at 'message.{block}'", f"message.{block}"
-    # FCM counts the whole message against its limit, not only ``data``: the notification's
-    # title and body too, wherever they are (top level or a platform block).
-    for note in (
-        message.get("notification"),
-        (message.get("android") or {}).get("notification"),
-        (message.get("webpush") or {}).get("notification"),
-    ):
-        if isinstance(note, dict):
-            size += sum(
-                len(v.encode())
-                for k, v in note.items()
-                if k in ("title", "body") and isinstance(v, str)
-            )
-    if size > MAX_DATA_BYTES:
-        return (
-            f"Message is too big: {size} bytes, the limit is {MAX_DATA_BYTES}.",
-            "message",
-        )
-    return None
 
 
 class FcmSim:
@@ -310,7 +176,7 @@ class FcmSim:
         if self._server is not None:
             self._server.close()
         for proto in list(self._h2):
-            proto.close()
+            proto.abort()
         if self._h1 is not None:
             await self._h1.shutdown(0.5)
             self._h1 = None
@@ -554,7 +420,7 @@ class FcmSim:
             ), None
         if not isinstance(body, dict):
             return _Reply(400, google_error(400, "Invalid JSON payload received.")), None
-        problem = _check_message(message)
+        problem = check_message(message)
         if problem is not None:
             text, where = problem
             return _Reply(
@@ -637,91 +503,33 @@ class _Switch(asyncio.Protocol):
         proto.connection_made(transport)
 
 
-class _H2Protocol(asyncio.Protocol):
-    """A minimal HTTP/2 server connection: whole requests in, whole JSON replies out."""
+class _H2Protocol(H2ServerConnection):
+    """An HTTP/2 connection: whole requests in, whole JSON replies out, each from a task."""
 
     def __init__(self, sim: FcmSim, connection: int) -> None:
+        super().__init__(sim.max_concurrent_streams)
         self._sim = sim
         self._connection = connection
-        self._conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
-        )
-        self._transport: asyncio.Transport | None = None
-        self._streams: dict[int, tuple[dict[str, str], bytearray]] = {}
-        self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._window = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
         self._sim._h2.add(self)
-        self._conn.initiate_connection()
-        self._conn.update_settings(
-            {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self._sim.max_concurrent_streams}
-        )
-        self._flush()
+        super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._sim._h2.discard(self)
-        self._transport = None
-        self._window.set()
-        for task in self._tasks.values():
-            task.cancel()
+        super().connection_lost(exc)
 
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _flush(self) -> None:
-        data = self._conn.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            events = self._conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            self._flush()
-            self.close()
-            return
-        for ev in events:
-            if isinstance(ev, h2.events.RequestReceived):
-                headers = {str(k): str(v) for k, v in ev.headers or []}
-                self._streams[ev.stream_id] = (headers, bytearray())
-            elif isinstance(ev, h2.events.DataReceived):
-                entry = self._streams.get(ev.stream_id)
-                if entry is not None and ev.data:
-                    entry[1].extend(ev.data)
-                self._conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif isinstance(ev, h2.events.StreamEnded):
-                self._start(ev.stream_id)
-            elif isinstance(ev, h2.events.StreamReset):
-                self._streams.pop(ev.stream_id, None)
-                task = self._tasks.pop(ev.stream_id, None)
-                if task is not None:
-                    task.cancel()
-            elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
-                self._window.set()
-            elif isinstance(ev, h2.events.ConnectionTerminated):
-                self.close()
-        self._flush()
-
-    def _start(self, stream_id: int) -> None:
-        entry = self._streams.pop(stream_id, None)
-        if entry is None:
-            return
-        headers, body = entry
+    def request_received(self, stream_id: int, request: H2Request) -> None:
+        headers = request.headers
         req = _Request(
             method=headers.get(":method", ""),
             path=headers.get(":path", ""),
             headers={k: v for k, v in headers.items() if not k.startswith(":")},
-            body=bytes(body),
+            body=bytes(request.body),
             http_version="2",
             connection=self._connection,
         )
-        task = asyncio.get_running_loop().create_task(self._respond(stream_id, req))
-        self._tasks[stream_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(stream_id, None))
+        self.spawn(self._respond(stream_id, req), stream_id)
 
     async def _respond(self, stream_id: int, req: _Request) -> None:
         try:
@@ -730,38 +538,16 @@ class _H2Protocol(asyncio.Protocol):
             logger.exception("simulated FCM failed to answer %s %s", req.method, req.path)
             reply = _Reply(500, google_error(500, "Internal error encountered."))
         if reply is None:
-            self.close()
+            self.abort()
             return
         data = reply.encoded()
-        try:
-            self._conn.send_headers(
-                stream_id,
-                [
-                    (":status", str(reply.status)),
-                    ("content-type", "application/json; charset=UTF-8"),
-                    ("content-length", str(len(data))),
-                    *reply.headers.items(),
-                ],
-            )
-            while data:
-                while self._transport is not None:
-                    window = min(
-                        self._conn.local_flow_control_window(stream_id),
-                        self._conn.max_outbound_frame_size,
-                    )
-                    if window > 0:
-                        break
-                    self._window.clear()
-                    await self._window.wait()
-                if self._transport is None:
-                    return
-                self._conn.send_data(stream_id, data[:window])
-                data = data[window:]
-                self._flush()
-            self._conn.end_stream(stream_id)
-        except h2.exceptions.H2Error:
-            return  # the client reset the stream or went away: nothing to answer
-        self._flush()
+        headers = [
+            (":status", str(reply.status)),
+            ("content-type", "application/json; charset=UTF-8"),
+            ("content-length", str(len(data))),
+            *reply.headers.items(),
+        ]
+        self.respond(stream_id, headers, data)
 
 
 async def run(host: str, port: int, state_dir: Path, *, tls: bool = False) -> None:

@@ -12,19 +12,13 @@ from typing import Any
 
 import pytest
 
-from bridge.bench import (
-    NOFILE_RESERVE,
-    BenchDevice,
-    Options,
-    RoomPlan,
-    analyse_pushes,
-    backlog_growth_ms,
-    gc_phase,
-    message_index,
-    session_counts,
-    summarize,
-)
-from bridge.bench_sims import _Arrivals
+from bench.gc_pauses import gc_phase
+from bench.harness import BenchDevice
+from bench.options import NOFILE_RESERVE, Options
+from bench.scenarios.room_pushes import RoomPlan, analyse_pushes, backlog_growth_ms, message_index
+from bench.scenarios.steady import session_counts
+from bench.sims import _Arrivals
+from bench.stats import summarize
 from bridge.metrics import GC_PAUSES, Metrics
 
 

@@ -11,9 +11,6 @@ import contextlib
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,77 +20,14 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from bridge.sim.apns import ApnsSim
-from bridge.sim.imkit import ImkitSim
+from bench.cluster import Cluster, Stream, one_session_each, pushes_by_message
 from bridge.sim.stack import SimStack
 from tests._poll import wait_for
-from tests._redis import RedisServer, free_port
+from tests._redis import RedisServer
 
 DEVICES = 300
 STREAM_MEMBERS = 20
 LEASE_TTL = 2.0
-
-
-class Node:
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.env = env
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "bridge", *args], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-class Cluster:
-    def __init__(self, tmp: Path, imkit: ImkitSim, apns: ApnsSim, redis: RedisServer, base_env: dict[str, str]) -> None:
-        self.tmp = tmp
-        self.imkit = imkit
-        self.apns = apns
-        self.redis = redis
-        self.base_env = base_env
-        self.workers: dict[str, Node] = {}
-        self.metrics_ports: dict[str, int] = {}
-        self.api_port = free_port()
-        self.api = Node("api", ["api"], {**base_env, "BRIDGE_PORT": str(self.api_port)}, tmp / "api.log")
-
-    def add_worker(self, name: str) -> None:
-        port = free_port()
-        self.metrics_ports[name] = port
-        env = {**self.base_env, "BRIDGE_WORKER_ID": name, "BRIDGE_METRICS_PORT": str(port)}
-        self.workers[name] = Node(name, ["worker"], env, self.tmp / f"{name}.log")
-
-    async def worker_devices(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        async with httpx.AsyncClient(timeout=2) as c:
-            for name, port in self.metrics_ports.items():
-                if self.workers[name].proc.poll() is not None:
-                    continue
-                try:
-                    text = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
-                except httpx.HTTPError:
-                    continue
-                m = re.search(rf'bridge_worker_devices{{worker="{name}"}} ([0-9.]+)', text)
-                out[name] = int(float(m.group(1))) if m else 0
-        return out
-
-    def stop(self) -> None:
-        for node in [*self.workers.values(), self.api]:
-            node.stop()
-
-
-def one_session_each(imkit: ImkitSim, users: list[str]) -> bool:
-    return all(imkit.live_sockets(u) == 1 for u in users)
 
 
 @pytest.fixture
@@ -122,41 +56,6 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         c.stop()
         await sims.stop()
         redis.stop()
-
-
-class Stream:
-    """Sends a message to the stream room every ``interval`` seconds until stopped."""
-
-    def __init__(self, imkit: ImkitSim, interval: float = 0.2) -> None:
-        self.imkit = imkit
-        self.interval = interval
-        self.sent: list[str] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        i = 0
-        while True:
-            msg = await self.imkit.send_message("stream", "bob", f"tick {i}")
-            self.sent.append(msg["_id"])
-            i += 1
-            await asyncio.sleep(self.interval)  # the traffic's pace, not a wait for an outcome
-
-    async def stop(self) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
-def pushes_by_message(apns: ApnsSim) -> Counter[tuple[str, str]]:
-    got: Counter[tuple[str, str]] = Counter()
-    for r in apns.received:
-        if r.status == 200 and "payload" in r.payload:
-            got[(r.token, json.loads(r.payload["payload"])["_id"])] += 1
-    return got
 
 
 async def test_sharded_workers_hand_over_without_loss_or_duplicates(cluster: Cluster) -> None:

@@ -27,7 +27,8 @@ from bridge.config import Settings
 from bridge.models import FcmRequest, Notification
 from bridge.push.fcm import FcmProvider
 from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
-from bridge.sim.fcm import FCM_ERROR_TYPE, FcmSim
+from bridge.sim.fcm import FcmSim
+from bridge.sim.fcm_messages import FCM_ERROR_TYPE
 from bridge.upstream.protocol import Message
 from tests._poll import wait_for
 

@@ -1,4 +1,4 @@
-"""``python -m bridge.bench_floor {receive|send} SPEC OUT``: the bare-library floor of ``bench rooms``.
+"""``python -m bench.floor {receive|send} SPEC OUT``: the bare-library floor of ``bench rooms``.
 
 What the libraries cost with no bridge logic at all, against the same simulators the bridge ran
 against, each in a process of its own and never while the bridge runs:
@@ -34,8 +34,8 @@ from typing import Any
 import aiohttp
 import socketio
 
-from bridge.bench import BareApns, BareFcm
-from bridge.bench_sims import proc_usage, raise_nofile, run_queue_wait
+from bench.baselines import BareApns, BareFcm
+from bench.machine import proc_usage, raise_nofile, run_queue_wait
 from bridge.cli import _run as run_on_bridge_loop
 from bridge.upstream.transport import make_http_session
 
@@ -203,7 +203,7 @@ async def send(spec: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3 or args[0] not in ("receive", "send"):
-        sys.stderr.write("usage: python -m bridge.bench_floor {receive|send} SPEC OUT\n")
+        sys.stderr.write("usage: python -m bench.floor {receive|send} SPEC OUT\n")
         return 2
     role, spec_file, out = args
     raise_nofile()

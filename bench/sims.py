@@ -1,4 +1,4 @@
-"""``python -m bridge.bench_sims``: the simulated IMKIT, APNs and FCM for ``push-bridge bench``.
+"""``python -m bench.sims``: the simulated IMKIT, APNs and FCM for ``push-bridge bench``.
 
 The benchmark keeps the simulators out of the bridge's process (and out of its own), so the
 bridge's RSS and CPU are the bridge's alone. This child process runs :class:`ImkitSim`,
@@ -35,7 +35,6 @@ import gc
 import json
 import logging
 import os
-import resource
 import signal
 import time
 from collections import Counter
@@ -44,51 +43,18 @@ from typing import Any
 
 from aiohttp import web
 
+from bench.machine import proc_usage, raise_nofile
 from bridge.sim.apns import ApnsSim
 from bridge.sim.certs import generate_apns_key, issue_test_certs
 from bridge.sim.fcm import FcmSim
 from bridge.sim.imkit import ImkitSim
+from bridge.sim.stack import TOPIC, apns_settings, as_env, fcm_settings, imkit_settings
 
 logger = logging.getLogger(__name__)
 
-TOPIC = "com.example.chat"
 PARTS = ("all", "imkit", "providers")
 #: How often the providers' records are folded into arrival times.
 DRAIN_INTERVAL = 0.02
-
-
-def proc_usage(pid: int | str = "self") -> tuple[int, float]:
-    """``(VmRSS in KiB, user+system CPU seconds)`` of a process, read from ``/proc``."""
-    rss = 0
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-                break
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        # The command name (field 2) may hold spaces; the fields after its ')' are fixed.
-        fields = f.read().rpartition(")")[2].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return rss, ticks / os.sysconf("SC_CLK_TCK")
-
-
-def run_queue_wait(pid: int | str = "self") -> float:
-    """Seconds the main thread of a process has been ready to run but waiting for a CPU.
-
-    From ``/proc/<pid>/schedstat``: on a shared machine, the share of a window a process spent
-    waiting is what the other processes cost it (the event loop is that thread).
-    """
-    with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
-        return int(f.read().split()[1]) / 1e9
-
-
-def raise_nofile() -> int:
-    """Raise this process's open-files soft limit to its hard limit; returns the new limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        return int(hard)
-    return int(soft)
 
 
 def peak_rate(times: list[float], since: float = 0.0, window: float = 1.0) -> int:
@@ -189,7 +155,7 @@ class BenchSims:
         if self.parts in ("all", "imkit"):
             self.imkit = ImkitSim()
             await self.imkit.start(self.host, 0)
-            self.env["BRIDGE_IMKIT_URL"] = self.imkit.url
+            self.env.update(as_env(imkit_settings(self.imkit.url)))
         if self.parts in ("all", "providers"):
             certs = await asyncio.to_thread(issue_test_certs, d / "certs")
             key = await asyncio.to_thread(generate_apns_key, d / "keys")
@@ -205,20 +171,11 @@ class BenchSims:
             )
             await self.fcm.start(self.host, 0)
             sa = self.fcm.write_service_account(d / "fcm-service-account.json")
-            self.env.update(
-                {
-                    "BRIDGE_APNS_HOST": self.host,
-                    "BRIDGE_APNS_PORT": str(self.apns.port),
-                    "BRIDGE_APNS_CA_FILE": str(certs.ca_file),
-                    "BRIDGE_APNS_KEY_FILE": str(key.key_file),
-                    "BRIDGE_APNS_KEY_ID": key.key_id,
-                    "BRIDGE_APNS_TEAM_ID": key.team_id,
-                    "BRIDGE_APNS_TOPIC": TOPIC,
-                    "BRIDGE_FCM_CREDENTIALS_FILE": str(sa),
-                    "BRIDGE_FCM_URL": self.fcm.url,
-                    "BRIDGE_FCM_CA_FILE": str(certs.ca_file),
-                }
+            apns = apns_settings(
+                host=self.host, port=self.apns.port, ca_file=certs.ca_file, key=key, topic=TOPIC
             )
+            fcm = fcm_settings(url=self.fcm.url, service_account=sa, ca_file=certs.ca_file)
+            self.env.update(as_env({**apns, **fcm}))
             self._drain_task = asyncio.create_task(self._drain_loop(), name="bench-sims-drain")
         app = web.Application(client_max_size=64 * 1024 * 1024)
         self._routes(app)
@@ -448,9 +405,9 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m bridge.bench_sims``."""
+    """Entry point of ``python -m bench.sims``."""
     p = argparse.ArgumentParser(
-        prog="python -m bridge.bench_sims", description=__doc__.split("\n")[0]
+        prog="python -m bench.sims", description=__doc__.split("\n")[0]
     )
     p.add_argument("--state-dir", required=True, help="where certificates, keys and credentials go")
     p.add_argument("--ready-file", required=True, help="JSON written here once everything listens")

@@ -1,0 +1,78 @@
+"""What ``push-bridge bench`` takes: the scenarios, their options and the defaults that differ by
+scenario; and the shape of a result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+SCENARIOS = ("sessions", "storm", "latency", "throughput", "api", "rooms", "steady")
+#: The IMKIT user who sends every message of a run (a member of every room, never pushed to).
+SENDER = "bench-sender"
+
+
+#: Defaults that differ by scenario (an option the caller leaves at None takes these).
+SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rooms": {"sessions": 2000, "rate": 20.0, "duration": 30.0, "ios_share": 1.0},
+    "steady": {"sessions": ["2000", "10000"]},
+}
+
+
+#: ``steady --sessions max`` leaves this many descriptors of the open-files limit for the rest.
+NOFILE_RESERVE = 1000
+
+
+@dataclass
+class Options:
+    """What ``run_bench`` takes (the CLI's ``vars(args)``; unknown keys are ignored)."""
+
+    sessions: int = 1000
+    rate: float = 200.0
+    duration: float = 10.0
+    output: str | None = None
+    plots: str | None = None
+    profile: str | None = None
+    connect_rate: float | None = None
+    concurrency: int = 32
+    pushes: int = 20_000
+    push_concurrency: int = 100
+    ios_share: float = 0.5
+    split_sims: bool = False
+    keep: bool = False
+    quiet: bool = False
+    # rooms
+    room_size: int = 50
+    fcm_share: float | None = None
+    find_max: bool = False
+    step_rates: str = "250,500,750,1000,1250,1500"
+    step_duration: float = 10.0
+    max_growth_ms: float = 100.0
+    floor: bool = True
+    floor_gc: str = "frozen"
+    # steady: idle session counts ("max": the open-files limit less NOFILE_RESERVE), growth phase
+    session_counts: tuple[str, ...] = ()
+    messages: int = 3000
+    growth_devices: int = 20
+    growth_state: str = "foreground"
+    growth_rate: float | None = None
+
+    @classmethod
+    def from_dict(cls, opts: dict[str, Any], scenario: str | None = None) -> Options:
+        """``opts`` over the scenario's defaults; ``sessions`` may be a list (the CLI's ``-n A B``)."""
+        names = {f.name for f in fields(cls)}
+        given = {k: v for k, v in opts.items() if k in names and v is not None}
+        merged = {**SCENARIO_DEFAULTS.get(scenario or "", {}), **given}
+        sessions = merged.get("sessions")
+        if isinstance(sessions, list | tuple):
+            counts = tuple(str(x) for x in sessions)
+            if scenario != "steady" and (len(counts) != 1 or not counts[0].isdigit()):
+                raise ValueError(f"{scenario} takes one number of sessions, not {' '.join(counts)}")
+            merged["session_counts"] = counts
+            merged["sessions"] = max((int(c) for c in counts if c.isdigit()), default=1000)
+        if merged.get("fcm_share") is not None:
+            merged["ios_share"] = 1.0 - float(merged["fcm_share"])
+        return cls(**merged)
+
+
+#: What a scenario returns: JSON-able, with its ``summary`` rows ``(figure, value, goal)``.
+Result = dict[str, Any]
