@@ -23,96 +23,17 @@ from bridge.store.base import MAX_ACKS, Change, StoreUnavailable
 from bridge.store.codec import DeviceCodec
 from bridge.store.crypto import TokenCipher, TokenCipherError
 from bridge.store.paging import check_limit, cut_page
+from bridge.store.sqlite_schema import (
+    DEVICE_COLUMNS,
+    DEVICE_FIELDS,
+    REGISTRATION_COLUMNS,
+    migrate,
+    record,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: The schema, one script per version; script ``i`` takes the database from version ``i`` to
-#: ``i + 1`` inside one transaction. Append new versions; never edit a released one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    CREATE TABLE devices (
-        device_id        TEXT PRIMARY KEY,
-        client_id        TEXT NOT NULL,
-        client_token_enc TEXT NOT NULL,
-        locale           TEXT,
-        state            TEXT NOT NULL,
-        foreground_until REAL,
-        created_at       REAL NOT NULL,
-        updated_at       REAL NOT NULL,
-        token_version    INTEGER NOT NULL,
-        checkpoint_id    TEXT,
-        checkpoint_ms    INTEGER
-    );
-    CREATE INDEX devices_by_client ON devices (client_id, device_id);
-    CREATE TABLE registrations (
-        device_id       TEXT NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
-        type            TEXT NOT NULL,
-        token_enc       TEXT NOT NULL,
-        disabled_reason TEXT,
-        updated_at      REAL NOT NULL,
-        PRIMARY KEY (device_id, type)
-    );
-    """,
-    # 2: a keyed hash of each push token (TokenCipher.lookup_hash), to find the devices holding
-    # a token. Rows from before are hashed right after the migration (see _index_tokens_sync).
-    """
-    ALTER TABLE registrations ADD COLUMN token_hash TEXT;
-    CREATE INDEX registrations_by_token ON registrations (token_hash);
-    """,
-    # 3: per registration, the APNs environment, the push content mode and the content key
-    # (encrypted like the token); and the apps' delivery receipts (acks).
-    """
-    ALTER TABLE registrations ADD COLUMN apns_environment TEXT;
-    ALTER TABLE registrations ADD COLUMN content TEXT;
-    ALTER TABLE registrations ADD COLUMN content_key_enc TEXT;
-    CREATE TABLE acks (
-        device_id TEXT NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
-        push_id   TEXT NOT NULL,
-        at        REAL NOT NULL,
-        PRIMARY KEY (device_id, push_id)
-    );
-    """,
-)
-
-_DEVICE_COLUMNS = (
-    "device_id, client_id, client_token_enc, locale, state, foreground_until, created_at, "
-    "updated_at, token_version, checkpoint_id, checkpoint_ms"
-)
-#: The fields of the device record (bridge/store/codec.py) in the ``devices`` columns above;
-#: the two checkpoint columns follow them.
-_DEVICE_FIELDS = (
-    "device_id", "client_id", "client_token", "locale", "state", "foreground_until", "created_at",
-    "updated_at", "token_version",
-)
-_REGISTRATION_COLUMNS = (
-    "type, token_enc, disabled_reason, updated_at, apns_environment, content, content_key_enc"
-)
-#: The fields of a registration record in the ``registrations`` columns above.
-_REGISTRATION_FIELDS = (
-    "type", "token", "disabled_reason", "updated_at", "apns_environment", "content", "content_key",
-)
-
-
-def split_script(script: str) -> list[str]:
-    """The statements of an SQL script (``executescript`` would commit our transaction)."""
-    statements: list[str] = []
-    pending = ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \t\r\n;"):
-                statements.append(pending.strip())
-            pending = ""
-    if pending.strip(" \t\r\n;"):
-        raise ValueError("migration script ends with an incomplete statement")
-    return statements
-
 
 @dataclass(eq=False)
 class _Subscriber:
@@ -275,7 +196,7 @@ class SqliteStore:
 
     async def set_checkpoint(self, device_id: str, message_id: str, version_ms: int) -> None:
         """Remember the last message handed to a provider, unless a later one is stored."""
-        await self._run("set_checkpoint", self._checkpoint_sync, device_id, message_id, version_ms)
+        await self._run("set_checkpoint", self._checkpoints_sync, {device_id: (message_id, version_ms)})
 
     async def set_apns_environment(
         self, device_id: str, push_type: str, token: str, environment: str
@@ -402,39 +323,9 @@ class SqliteStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
         conn.execute("PRAGMA foreign_keys=ON")
-        self._migrate_sync(conn)
+        migrate(conn, self._path)
         self._check_key_sync(conn)
         self._index_tokens_sync(conn)
-
-    def _migrate_sync(self, conn: sqlite3.Connection) -> None:
-        # Only read while the schema is current, so a read-only file still opens (for reads).
-        current = _schema_version(conn)
-        if current > len(MIGRATIONS):
-            raise StoreUnavailable(
-                f"sqlite store {self._path} has schema version {current}, newer than this "
-                f"bridge knows ({len(MIGRATIONS)}); upgrade the bridge"
-            )
-        if current == len(MIGRATIONS):
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        conn.execute(
-            "INSERT INTO schema_version (version) "
-            "SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM schema_version)"
-        )
-        conn.execute("COMMIT")
-        for target, script in enumerate(MIGRATIONS, start=1):
-            # Read the version inside the write lock: two processes opening at once apply each
-            # migration exactly once.
-            conn.execute("BEGIN IMMEDIATE")
-            if _schema_version(conn) >= target:
-                conn.execute("ROLLBACK")
-                continue
-            for statement in split_script(script):
-                conn.execute(statement)
-            conn.execute("UPDATE schema_version SET version = ?", (target,))
-            conn.execute("COMMIT")
-            log.info("sqlite store %s migrated to schema version %d", self._path, target)
 
     def _check_key_sync(self, conn: sqlite3.Connection) -> None:
         query = "SELECT value FROM meta WHERE key = 'key_check'"
@@ -488,20 +379,20 @@ class SqliteStore:
         conn = self._db()
         conn.execute("BEGIN")  # one snapshot for devices and their registrations
         rows = conn.execute(
-            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE {where} ORDER BY device_id LIMIT ?",
+            f"SELECT {DEVICE_COLUMNS} FROM devices WHERE {where} ORDER BY device_id LIMIT ?",
             (*params, limit),
         ).fetchall()
         regs: dict[str, list[tuple[Any, ...]]] = {}
         for chunk in _chunks([r[0] for r in rows], 500):
             marks = ",".join("?" * len(chunk))
             for reg in conn.execute(
-                f"SELECT device_id, {_REGISTRATION_COLUMNS} "
+                f"SELECT device_id, {REGISTRATION_COLUMNS} "
                 f"FROM registrations WHERE device_id IN ({marks}) ORDER BY device_id, type",
                 chunk,
             ):
                 regs.setdefault(reg[0], []).append(reg)
         conn.execute("COMMIT")
-        return [self._codec.decode(_record(row, regs.get(row[0], [])), row[9], row[10]) for row in rows]
+        return [self._codec.decode(record(row, regs.get(row[0], [])), row[9], row[10]) for row in rows]
 
     def _count_sync(self, client_id: str) -> int:
         row = self._db().execute(
@@ -530,7 +421,7 @@ class SqliteStore:
             (device.device_id, device.device_id, device.client_id),
         )
         conn.execute(
-            f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id) DO UPDATE SET "
             "client_id = excluded.client_id, client_token_enc = excluded.client_token_enc, "
             "locale = excluded.locale, state = excluded.state, "
@@ -546,7 +437,7 @@ class SqliteStore:
             "  OR excluded.checkpoint_ms >= coalesce(checkpoint_ms, -1) "
             "  THEN excluded.checkpoint_ms ELSE checkpoint_ms END",
             (
-                *(record[field] for field in _DEVICE_FIELDS),
+                *(record[field] for field in DEVICE_FIELDS),
                 device.checkpoint_id,
                 device.checkpoint_ms,
             ),
@@ -675,35 +566,11 @@ class SqliteStore:
         )
         conn.execute("COMMIT")
 
-    def _checkpoint_sync(self, device_id: str, message_id: str, version_ms: int) -> None:
-        self._db().execute(
-            "UPDATE devices SET checkpoint_id = ?, checkpoint_ms = ? "
-            "WHERE device_id = ? AND coalesce(checkpoint_ms, -1) <= ?",
-            (message_id, version_ms, device_id, version_ms),
-        )
 
 
 async def _not_open() -> AsyncIterator[Change]:
     raise StoreUnavailable("sqlite store is not open: no change feed")
     yield  # unreachable: makes this an async generator
-
-
-def _record(row: tuple[Any, ...], regs: list[tuple[Any, ...]]) -> dict[str, Any]:
-    """The device record of a ``devices`` row and its ``registrations`` rows (each led by the
-    device id), for :meth:`DeviceCodec.decode`."""
-    record = dict(zip(_DEVICE_FIELDS, row[: len(_DEVICE_FIELDS)], strict=True))
-    record["registrations"] = {r[1]: dict(zip(_REGISTRATION_FIELDS, r[1:], strict=True)) for r in regs}
-    return record
-
-
-def _schema_version(conn: sqlite3.Connection) -> int:
-    exists = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-    ).fetchone()
-    if exists is None:
-        return 0
-    row = conn.execute("SELECT version FROM schema_version").fetchone()
-    return int(row[0]) if row is not None else 0
 
 
 def _position(position: str) -> int:

@@ -20,7 +20,8 @@ from bridge.models import AppState, Device, Registration
 from bridge.store.base import Store
 from bridge.store.crypto import TokenCipher
 from bridge.store.redis import RedisStore
-from bridge.store.sqlite import MIGRATIONS, SqliteStore, split_script
+from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite_schema import MIGRATIONS, split_script
 from tests._redis import RedisServer, redis_server_factory  # noqa: F401  # fixture
 
 KEY = Fernet.generate_key().decode()

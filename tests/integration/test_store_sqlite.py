@@ -28,7 +28,8 @@ from cryptography.fernet import Fernet
 from bridge.models import AppState, Device, Registration
 from bridge.store.base import StoreUnavailable
 from bridge.store.crypto import TokenCipher
-from bridge.store.sqlite import MIGRATIONS, SqliteStore, split_script
+from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite_schema import MIGRATIONS, split_script
 
 KEY = Fernet.generate_key().decode()
 TOKEN = "SECRET-client-token-sqlite"
