@@ -4,7 +4,7 @@ The fields (see /work/shared/imkit-protocol.md, "Push payload format")
 -----------------------------------------------------------------------
 Every alerting push carries one *data block*, all strings:
 
-- ``title``, ``body``: plain fallback text in the device's language (:mod:`bridge._texts`).
+- ``title``, ``body``: plain fallback text in the device's language (:mod:`bridge.l10n`).
 - ``badge``: the badge count (omitted when unknown).
 - ``loc-key``: ``im_loc_<messageType>``. Known types keep IMKIT's spelling with ``-`` turned into
   ``_`` (``im_loc_joinRoom``, ``im_loc_payment_select``); unknown ones are lower-cased and reduced
@@ -103,7 +103,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bridge import _texts
+from bridge import l10n
 from bridge.models import ApnsRequest, FcmRequest, PushContent
 from bridge.seal import KEY_SIZE, Sealer
 from bridge.upstream.protocol import Invitation, Message
@@ -121,7 +121,7 @@ TEXT_TYPES: frozenset[str] = frozenset(
     {"text", "url", "announcement", "mixed", "line", "ai_streaming"}
 )
 #: Message types IMKIT documents; their loc-key keeps IMKIT's spelling.
-KNOWN_TYPES: frozenset[str] = TEXT_TYPES | _texts.DESCRIBED_TYPES | {"template", "flex"}
+KNOWN_TYPES: frozenset[str] = TEXT_TYPES | l10n.DESCRIBED_TYPES | {"template", "flex"}
 
 ELLIPSIS = "…"
 #: Sender and room names longer than this (in characters) are cut with "…" up front: screens
@@ -163,7 +163,7 @@ def compose_message(
     msg: Message, target: Target, *, now: float, room_name: str | None = None
 ) -> Request:
     """A ``chat message`` as a push for ``target``; ``room_name`` (group rooms) is the title."""
-    lang = _texts.resolve_locale(target.locale)
+    lang = l10n.resolve_locale(target.locale)
     mode, sealer = _mode(target)
     mtype = msg.messageType
     text_like = mtype in TEXT_TYPES
@@ -173,8 +173,8 @@ def compose_message(
     seal = None
     if mode != "full":
         hidden = _Hidden(
-            _texts.text(lang, "new_message_title"),
-            _texts.text(lang, "new_message_body"),
+            l10n.text(lang, "new_message_title"),
+            l10n.text(lang, "new_message_body"),
             f"message:{room_id}",
             room_id,
             msg_id,
@@ -185,18 +185,18 @@ def compose_message(
             return _fit_hidden(target, now, hidden)
         seal = _sealing(sealer, hidden, target)
     if msg.sender is None:
-        name = room or _texts.text(lang, "system")
+        name = room or l10n.text(lang, "system")
     else:
-        name = _clean(msg.sender.nickname or "") or _texts.text(lang, "someone")
+        name = _clean(msg.sender.nickname or "") or l10n.text(lang, "someone")
     text = _clean(msg.text) if text_like else ""
     loc_key = loc_key_for(mtype)
 
     def render(v: _Vars) -> _Fields:
         title = v.room or v.name
         if text_like and v.text:
-            body = _texts.text(lang, "with_sender", name=v.name, text=v.text) if v.room else v.text
+            body = l10n.text(lang, "with_sender", name=v.name, text=v.text) if v.room else v.text
         else:
-            body = _texts.describe(lang, mtype, v.name)
+            body = l10n.describe(lang, mtype, v.name)
         args = (v.name, v.text) if text_like else (v.name,)
         return _Fields(title, body, loc_key, args, f"message:{room_id}", room_id, msg_id, v)
 
@@ -216,7 +216,7 @@ def compose_message(
 
 def compose_invitation(inv: Invitation, target: Target, *, now: float) -> Request:
     """An ``invitation`` as a push: ``im_loc_invitation`` with ``[inviter, room name]``."""
-    lang = _texts.resolve_locale(target.locale)
+    lang = l10n.resolve_locale(target.locale)
     mode, sealer = _mode(target)
     room_id = _clean(inv.room.id)
     room = _clean(inv.room.name or "")
@@ -224,8 +224,8 @@ def compose_invitation(inv: Invitation, target: Target, *, now: float) -> Reques
     seal = None
     if mode != "full":
         hidden = _Hidden(
-            _texts.text(lang, "new_invitation_title"),
-            _texts.text(lang, "new_invitation_body"),
+            l10n.text(lang, "new_invitation_title"),
+            l10n.text(lang, "new_invitation_body"),
             f"invitation:{room_id}",
             room_id,
             collapse,
@@ -236,14 +236,14 @@ def compose_invitation(inv: Invitation, target: Target, *, now: float) -> Reques
             return _fit_hidden(target, now, hidden)
         seal = _sealing(sealer, hidden, target)
     if inv.inviter is None:
-        name = _texts.text(lang, "system")
+        name = l10n.text(lang, "system")
     else:
-        name = _clean(inv.inviter.nickname or "") or _texts.text(lang, "someone")
-    a_chat = _texts.text(lang, "a_chat")
+        name = _clean(inv.inviter.nickname or "") or l10n.text(lang, "someone")
+    a_chat = l10n.text(lang, "a_chat")
 
     def render(v: _Vars) -> _Fields:
         title = v.room or v.name
-        body = _texts.text(lang, "invitation", name=v.name, room=v.room or a_chat)
+        body = l10n.text(lang, "invitation", name=v.name, room=v.room or a_chat)
         args = (v.name, v.room or a_chat)
         return _Fields(
             title, body, "im_loc_invitation", args, f"invitation:{room_id}", room_id, collapse, v
@@ -286,11 +286,11 @@ def compose_summary(
     room_id: str, count: int, target: Target, *, now: float, room_name: str | None = None
 ) -> Request:
     """One "N new messages" push for a room (backfill): ``im_loc_summary`` with ``[count]``."""
-    lang = _texts.resolve_locale(target.locale)
+    lang = l10n.resolve_locale(target.locale)
     mode, sealer = _mode(target)
     rid = _clean(room_id)
-    body = _texts.summary(lang, count)
-    generic = _texts.text(lang, "summary_title")
+    body = l10n.summary(lang, count)
+    generic = l10n.text(lang, "summary_title")
     room = _clean(room_name or "")
     seal = None
     if mode != "full":
@@ -321,10 +321,10 @@ def compose_test(target: Target, *, now: float) -> Request:
 
     It follows the registration's content mode, so an app can check its decryption with it.
     """
-    lang = _texts.resolve_locale(target.locale)
+    lang = l10n.resolve_locale(target.locale)
     mode, sealer = _mode(target)
-    title = _texts.text(lang, "test_title")
-    body = _texts.text(lang, "test_body")
+    title = l10n.text(lang, "test_title")
+    body = l10n.text(lang, "test_body")
     seal = None
     if mode != "full":
         hidden = _Hidden(title, body, "test", None, None)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge import _texts
+from bridge import l10n
 from bridge.compose import (
     APNS_LIMIT,
     APNS_VOIP_LIMIT,
@@ -348,7 +348,7 @@ def test_golden_summary_and_test() -> None:
     ],
 )
 def test_resolve_locale(locale: str | None, lang: str) -> None:
-    assert _texts.resolve_locale(locale) == lang
+    assert l10n.resolve_locale(locale) == lang
 
 
 BODIES = {
@@ -395,9 +395,9 @@ def test_body_per_type_and_locale(mtype: str, i: int) -> None:
 
 
 def test_every_described_type_has_every_language() -> None:
-    for lang in _texts.LANGS:
-        table = _texts.TABLES[lang]
-        missing = set(_texts.TABLES["en"]) - set(table) - {"summary_one"}
+    for lang in l10n.LANGS:
+        table = l10n.TABLES[lang]
+        missing = set(l10n.TABLES["en"]) - set(table) - {"summary_one"}
         assert not missing, (lang, missing)
         for key, template in table.items():
             assert set(re.findall(r"{(\w+)}", template)) <= {"name", "text", "room", "count"}, key
