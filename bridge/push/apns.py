@@ -56,9 +56,9 @@ from h2.connection import H2Connection
 from h2.exceptions import H2Error, NoAvailableStreamIDError
 from hpack import Encoder
 
-from bridge.compose import apns_id
 from bridge.config import Settings
 from bridge.models import ApnsEnvironment, Notification
+from bridge.push import apns_layout
 from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
 
 logger = logging.getLogger(__name__)
@@ -507,13 +507,12 @@ class ApnsProvider:
             return Failed("no_apns_request")
         if self._closed:
             return Retry("provider_closed")
-        topic = req.topic or self.topic
-        if req.topic is None and req.push_type == "voip" and not topic.endswith(".voip"):
-            topic += ".voip"
+        # A topic the request names is used as is.
+        topic = req.topic or apns_layout.topic(req.push_type, self.topic)
         request = NotificationRequest(
             device_token=notification.token,
             # The same apns-id on every attempt: a retry after a timeout is the same notification.
-            notification_id=apns_id(notification.push_id),
+            notification_id=apns_layout.apns_id(notification.push_id),
             message=req.payload,
             time_to_live=_time_to_live(req.expiration),
             priority=req.priority,

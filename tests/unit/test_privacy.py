@@ -16,19 +16,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bridge import compose, l10n
 from bridge.compose import (
-    APNS_LIMIT,
-    APNS_VOIP_LIMIT,
-    FCM_LIMIT,
-    FCM_RESERVE,
     Target,
     compose_invitation,
     compose_message,
     compose_summary,
     compose_test,
-    fcm_size,
 )
 from bridge.config import Settings
 from bridge.models import ApnsRequest, FcmRequest
+from bridge.push.apns_layout import APNS_LIMIT, APNS_VOIP_LIMIT
+from bridge.push.fcm_layout import FCM_LIMIT, FCM_RESERVE
+from bridge.push.fcm_layout import size as fcm_size
 from bridge.seal import OVERHEAD, Sealer, SealError, open_sealed, seal, sealed_length
 from bridge.upstream.protocol import Invitation, Message
 
