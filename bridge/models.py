@@ -147,11 +147,13 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class ApnsRequest:
-    """A composed APNs request (everything but the auth, which the provider adds)."""
+    """A composed APNs request (everything but the auth, which the provider adds): its payload
+    and headers as :mod:`bridge.push.apns_layout` lays them out."""
 
     payload: dict[str, Any]
     push_type: Literal["alert", "background", "voip"] = "alert"
     priority: int = 10
+    #: None (as composed): the provider's topic, ``.voip`` for a voip push (``apns_layout.topic``).
     topic: str | None = None
     collapse_id: str | None = None
     #: Epoch seconds; 0 means "deliver once or drop".
@@ -161,12 +163,12 @@ class ApnsRequest:
 
 @dataclass(frozen=True, slots=True)
 class FcmRequest:
-    """A composed FCM v1 message (minus the token, carried by :class:`Notification`)."""
+    """A composed FCM v1 message (minus the token, carried by :class:`Notification`): its blocks
+    as :mod:`bridge.push.fcm_layout` lays them out."""
 
     data: dict[str, str]
     android: dict[str, Any] | None = None
     notification: dict[str, str] | None = None
-    apns: dict[str, Any] | None = None
     webpush: dict[str, Any] | None = None
 
 

@@ -50,7 +50,6 @@ def size(req: FcmRequest) -> int:
             ("data", req.data),
             ("notification", req.notification),
             ("android", req.android),
-            ("apns", req.apns),
             ("webpush", req.webpush),
         )
         if block

@@ -9,6 +9,7 @@ requests. APNs: :mod:`bridge.push.apns_layout` and :mod:`bridge.push.apns`; FCM:
 
 from __future__ import annotations
 
+import email.utils
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -63,7 +64,7 @@ SendResult = Delivered | Retry | TokenInvalid | Failed
 
 
 def outcome_of(result: SendResult) -> str:
-    """The ``outcome`` label of ``bridge_pushes_total`` for a result."""
+    """A result's ``outcome``: the label of ``bridge_pushes_total``, the word "why no push?" shows."""
     if isinstance(result, Delivered):
         return "delivered"
     if isinstance(result, Retry):
@@ -71,6 +72,19 @@ def outcome_of(result: SendResult) -> str:
     if isinstance(result, TokenInvalid):
         return "token_invalid"
     return "failed"
+
+
+def not_before(retry_after: str | None, now: float) -> float | None:
+    """A ``Retry-After`` header (seconds, or an HTTP date) as :attr:`Retry.not_before`."""
+    if not retry_after:
+        return None
+    value = retry_after.strip()
+    if value.isdigit():
+        return now + int(value)
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 class Layout(Protocol[R]):

@@ -103,7 +103,6 @@ def fcm_json(req: FcmRequest) -> bytes:
         "data": req.data,
         "notification": req.notification,
         "android": req.android,
-        "apns": req.apns,
         "webpush": req.webpush,
     }
     present = {k: v for k, v in blocks.items() if v}
