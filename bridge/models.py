@@ -134,11 +134,13 @@ class Device:
 
     def effective_state(self, now: float) -> AppState:
         """Foreground only while its TTL has not run out: a crashed app never silences its user."""
-        if self.state is AppState.FOREGROUND and (
+        return AppState.FOREGROUND if self.in_foreground(now) else AppState.BACKGROUND
+
+    def in_foreground(self, now: float) -> bool:
+        """Whether the app is in the foreground at ``now`` (see :meth:`effective_state`)."""
+        return self.state is AppState.FOREGROUND and (
             self.foreground_until is None or now < self.foreground_until
-        ):
-            return AppState.FOREGROUND
-        return AppState.BACKGROUND
+        )
 
     @property
     def active_registrations(self) -> list[Registration]:
