@@ -38,23 +38,24 @@ FCM_RESERVE = 64
 _PUSH_ID_STAND_IN = "0" * 32
 
 
+def blocks(req: FcmRequest) -> dict[str, Any]:
+    """The v1 message but the token: the blocks ``req`` has, by their v1 names."""
+    named = (
+        ("data", req.data),
+        ("notification", req.notification),
+        ("android", req.android),
+        ("webpush", req.webpush),
+    )
+    return {name: block for name, block in named if block}
+
+
 def size(req: FcmRequest) -> int:
     """What an FCM message weighs: the compact UTF-8 JSON of every block but the token.
 
     For the messages composed here (several blocks, many keys) this exceeds FCM's own count (JSON
     quotes and braces, key names); :data:`FCM_RESERVE` covers what FCM adds on its side.
     """
-    message = {
-        name: block
-        for name, block in (
-            ("data", req.data),
-            ("notification", req.notification),
-            ("android", req.android),
-            ("webpush", req.webpush),
-        )
-        if block
-    }
-    return len(compact_json(message).encode("utf-8"))
+    return len(compact_json(blocks(req)).encode("utf-8"))
 
 
 class FcmLayout:

@@ -65,17 +65,19 @@ GENERATED = (
 )
 
 
+#: The message every message case starts from.
+MESSAGE: dict[str, Any] = {
+    "_id": "m1",
+    "room": "r1",
+    "messageType": "text",
+    "message": "Hello there",
+    "sender": {"_id": "u1", "nickname": "Alice"},
+    "messageTimeMS": 1_700_000_000_000,
+}
+
+
 def _message(**kw: Any) -> Message:
-    base: dict[str, Any] = {
-        "_id": "m1",
-        "room": "r1",
-        "messageType": "text",
-        "message": "Hello there",
-        "sender": {"_id": "u1", "nickname": "Alice"},
-        "messageTimeMS": 1_700_000_000_000,
-    }
-    base.update(kw)
-    return Message.model_validate(base)
+    return Message.model_validate({**MESSAGE, **kw})
 
 
 def _lone_surrogates() -> Message:

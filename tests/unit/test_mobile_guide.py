@@ -28,6 +28,7 @@ from bridge.compose import KNOWN_TYPES, TEXT_TYPES, Target, loc_key_for
 from bridge.config import Settings
 from bridge.decide import SILENT_MESSAGE_TYPES
 from bridge.models import PUSH_CONTENTS, ApnsRequest, Notification, PushContent, Registration
+from bridge.push import fcm_layout
 from bridge.seal import open_sealed
 from bridge.upstream.protocol import Invitation, Message
 from bridge.worker.fanout import notification_for
@@ -197,16 +198,7 @@ def _add(out: Composed, n: Notification) -> set[tuple[str, ...]]:
     else:
         req = n.fcm
         assert req is not None
-        message = {
-            name: block
-            for name, block in (
-                ("data", req.data),
-                ("notification", req.notification),
-                ("android", req.android),
-                ("webpush", req.webpush),
-            )
-            if block is not None
-        }
+        message = fcm_layout.blocks(req)
         out.fcm.append(message)
         data = req.data
     if "enc" in data:
