@@ -1,319 +1,184 @@
-"""Event + device → APNs / FCM request in IMKIT's push payload format. Pure functions, no I/O.
+"""What a push says: an event rendered for one device in IMKIT's push payload format, cut to fit.
 
-The fields (see /work/shared/imkit-protocol.md, "Push payload format")
------------------------------------------------------------------------
-Every alerting push carries one *data block*, all strings:
+Pure functions, no I/O. Each ``compose_*`` function renders the texts (in the device's language,
+:mod:`bridge.l10n`) and the ids of one kind of push as a :class:`~bridge.push.content.Content`,
+applies the device's privacy mode (docs/privacy.md) and hands the content to its platform's
+layout (:mod:`bridge.push.apns_layout`, :mod:`bridge.push.fcm_layout`), which makes the request.
+What differs between platforms stays in their layouts; what is the same on all of them is here:
+the texts, the ids, and the size policy (:func:`_fit`), which cuts the same parts in the same
+order whatever the platform, asking its layout what fits. docs/mobile.md ("Payload reference")
+describes every key for app developers.
 
-- ``title``, ``body``: plain fallback text in the device's language (:mod:`bridge._texts`).
-- ``badge``: the badge count (omitted when unknown).
-- ``loc-key``: ``im_loc_<messageType>``. Known types keep IMKIT's spelling with ``-`` turned into
-  ``_`` (``im_loc_joinRoom``, ``im_loc_payment_select``); unknown ones are lower-cased and reduced
-  to ``[a-z0-9_]`` (at most 48 characters, ``im_loc_unknown`` if nothing is left). Invitations use
-  ``im_loc_invitation``, backfill summaries ``im_loc_summary``, test pushes ``im_loc_test``.
-- ``loc-args``: a compact JSON array of strings. Text-like types (:data:`TEXT_TYPES`) get
-  ``[sender, text]``, every other type ``[sender]``; invitations ``[inviter, room name]`` (a
-  localised "a chat" when the room has no name); summaries ``[count]``; test ``[]``.
-  The sender is the nickname; a null sender (platform message) is the room name when known, else
-  a localised "System"; a sender without a nickname is a localised "Someone".
-- ``type``: ``message:<roomId>`` (also for summaries, so a tap opens the room),
-  ``invitation:<roomId>``, ``test``.
-- ``payload``: the Message (or Invitation) as compact JSON: the fields IMKIT sent, by their IMKIT
-  names, as the tolerant model normalised them (``room`` is the room id, ``extra`` an object),
-  plus every unknown field as is. ``payloadTrimmed: "1"`` is added whenever ``payload`` is not
-  the whole object (see size limits).
-
-Title: the room name when the caller passes one (it does so for group rooms), else the sender.
-Body: text-like types show the text (``"<sender>: <text>"`` under a room title); other types, and
-text-like ones without text, a localised sentence (``"Alice sent a photo"``); unknown types
-``"Alice sent a message"``. Encrypted messages never show their content.
-
-APNs (``ios``, ``ios-voip``)
----------------------------
-``payload = {"aps": {...}, **data}``: the top-level custom keys are *exactly* the FCM data block
-(all strings), so one parser serves both platforms. ``aps`` is ``{"alert": {title, body, loc-key,
-loc-args (array)}, "badge", "sound": "default", "thread-id": roomId, "mutable-content": 1}``.
-``ios`` → push type ``alert``, priority 10. ``ios-voip`` → push type ``voip``, priority 10, same
-payload without ``sound``/``mutable-content`` (PushKit hands the whole dictionary to the app), and
-``topic`` gets the ``.voip`` suffix when the target names one. ``collapse_id`` is the message id
-(an edit replaces the notification), ``invitation:<roomId>`` or ``summary:<roomId>``; any id over
-64 bytes is replaced by its SHA-256 hex prefix. ``expiration = int(now) + ttl`` (0 when ttl ≤ 0).
-``thread_id`` is the room id.
-
-FCM (``fcm``, ``android``, ``web``)
------------------------------------
-``data`` as above; ``notification = {title, body}``; for ``fcm``/``android``,
-``android = {"collapse_key": roomId, "priority": "high", "ttl": <int seconds>, "notification":
-{body_loc_key, body_loc_args (list), tag: roomId}}``. For ``web`` the Android block is absent and
-``webpush = {"headers": {"TTL": "<seconds>", "Urgency": "high"}, "notification": {tag: roomId}}``
-instead (browsers have no string resources for loc keys). Title and body are in the top-level
-``notification`` only: in FCM v1 the platform blocks' ``title``/``body`` merely override it, and
-repeating them would count twice against FCM's size limit.
-
-Silent badge updates (:func:`compose_badge`): APNs push type ``background``, priority 5,
-``{"aps": {"badge": n, "content-available": 1}, "type": "badge", "badge": "n"}``; FCM data-only
-``{"badge": "n", "type": "badge"}`` with Android priority ``normal`` and collapse key ``badge``
-(web: ``Urgency: normal``). An ``ios-voip`` target gets push type ``voip`` (a PushKit token takes
-nothing else); callers should not send it badge, summary or test pushes, since iOS 13+ expects
-every VoIP push to report a call.
-
-Privacy modes (``Target.content``; docs/privacy.md has the exact fields and the sealed format)
-----------------------------------------------------------------------------------------------
-``hidden``: no text, no sender (name or id), no room name (unless ``Target.hidden_room_name``: then
-it is the title). The data block is ``title``/``body`` (a generic, localised "New message" /
-"New invitation" / summary / test alert), ``badge``, ``type``, ``payload`` with ids only (a message
-``{_id, room, messageType}``, an invitation ``{room: {_id}}``, none for summaries and tests) and
-``content: "hidden"``; no ``loc-key``/``loc-args`` anywhere (they would name the sender), so the
-APNs alert is ``{title, body}`` and ``android.notification`` only has its ``tag``.
-``encrypted``: the ``hidden`` push plus ``enc``, the ``full`` push's data block sealed with the
-registration's key (:mod:`bridge.seal`), and ``content: "encrypted"``; FCM gets it data-only (no
-``notification`` blocks) so the app can decrypt before anything is shown. The fitting below works
-on the full content until its *sealed* form fits. ``encrypted`` without a 32-byte key is sent as
-``hidden`` (never ``full``), and logged once per process.
-
-Size limits
------------
-APNs: the payload as aioapns sends it (``json.dumps(payload, ensure_ascii=False)``, UTF-8; this is
-never smaller than the compact form) ≤ 4096 bytes, 5120 for ``voip``. FCM counts the *whole*
-message against its 4096 bytes (``data`` keys and values, the notification's title and body, the
-platform blocks), not ``data`` alone: the compact UTF-8 JSON of everything but the token
-(:func:`fcm_size`) must stay within :data:`FCM_LIMIT` less :data:`FCM_RESERVE` bytes kept for the
-fields FCM adds itself. Both counts include the ``pushId`` (32 hex characters) that every push
-gets after composing (:func:`with_push_id`). Sender and room names are always capped at
-:data:`NAME_MAX` characters ("…" appended). When a push still does not fit, in this order:
-
-1. ``payload`` becomes a reduced object (``_id``, ``room``, ``messageType``, ``sender`` {``_id``,
-   ``nickname``}, the timestamps, and the longest prefix of a string ``message`` that fits), still
-   valid JSON, with ``payloadTrimmed: "1"``; invitations reduce to ``{room: {_id}, inviter:
-   {_id}}``. If even that does not fit, ``payload`` is dropped (``payloadTrimmed`` stays).
-2. The text, then the room name, then the sender name are cut to the longest prefix that fits,
-   with an ellipsis "…" appended. Cuts are between code points, so UTF-8 stays valid; lone
-   surrogates from upstream JSON are replaced by ``?`` beforehand.
-3. If ids alone (a pathological room id) still overflow, :class:`ComposeError` is raised.
+A composed request is shared between devices where only the badge and the push id differ
+(:mod:`bridge.worker.compose_cache`): it is composed with :data:`BADGE_ROOM` and copied with each
+device's own badge (:func:`with_badge`) and push id (:func:`with_push_id`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
 import re
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from bridge import _texts
-from bridge.models import ApnsRequest, FcmRequest, PushContent
+from bridge import l10n
+from bridge.models import ApnsRequest, FcmRequest, PushContent, provider_for
+from bridge.push import apns_layout, fcm_layout
+from bridge.push.content import (
+    Content,
+    clean,
+    compact_json,
+    data_block,
+    event_json,
+    reduced_invitation_json,
+    reduced_message_json,
+    sanitize,
+)
+from bridge.push.content import Target as Target  # re-exported: callers make targets here
+from bridge.push.provider import Layout
 from bridge.seal import KEY_SIZE, Sealer
 from bridge.upstream.protocol import Invitation, Message
-
-APNS_LIMIT = 4096
-APNS_VOIP_LIMIT = 5120
-#: FCM's limit for a whole message (data, notification and platform blocks), in bytes.
-FCM_LIMIT = 4096
-#: Bytes of :data:`FCM_LIMIT` left for what FCM adds to a message itself (message id, sender,
-#: collapse key...; about 45 bytes by outside measurements), so a message that fits here fits there.
-FCM_RESERVE = 64
 
 #: Message types whose text is shown (``loc-args`` ``[sender, text]``).
 TEXT_TYPES: frozenset[str] = frozenset(
     {"text", "url", "announcement", "mixed", "line", "ai_streaming"}
 )
 #: Message types IMKIT documents; their loc-key keeps IMKIT's spelling.
-KNOWN_TYPES: frozenset[str] = TEXT_TYPES | _texts.DESCRIBED_TYPES | {"template", "flex"}
+KNOWN_TYPES: frozenset[str] = TEXT_TYPES | l10n.DESCRIBED_TYPES | {"template", "flex"}
 
 ELLIPSIS = "…"
 #: Sender and room names longer than this (in characters) are cut with "…" up front: screens
 #: show far less, and it keeps a huge name from crowding out the text.
 NAME_MAX = 64
+#: The badge a composition shared between devices is made with (:func:`with_badge` then puts
+#: each device's own in its place): as wide as any badge up to it, so the copy fits as well.
+BADGE_ROOM = 999_999
 log = logging.getLogger(__name__)
-_APNS_ID_NAMESPACE = uuid.UUID("6f1c2b0e-8a51-4d8e-9a57-3f0a1c6e2b11")
 _LOC_KEY_MAX = 48
-_ID_MAX_BYTES = 64
 
 Request = ApnsRequest | FcmRequest
+
+#: Each platform's layout, by provider (:func:`bridge.models.provider_for`) and by request type.
+_LAYOUTS: dict[str, Layout[Any]] = {"apns": apns_layout.LAYOUT, "fcm": fcm_layout.LAYOUT}
+_LAYOUT_OF: dict[type, Layout[Any]] = {
+    ApnsRequest: apns_layout.LAYOUT,
+    FcmRequest: fcm_layout.LAYOUT,
+}
 
 
 class ComposeError(ValueError):
     """The push cannot fit its size limit even with every text field emptied (ids too long)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a push goes and how it should read: one registration of one device."""
-
-    push_type: str  # "ios" | "ios-voip" | "fcm" | "android" | "web"
-    locale: str | None = None  # BCP-47-ish: "zh-TW", "zh_Hant", "zh-CN", "ja", "ko-KR", "en-US"...
-    badge: int | None = None
-    topic: str | None = None  # APNs bundle id (None: the provider's configured topic)
-    content: PushContent = "full"
-    ttl: int = 3600  # seconds: APNs expiration = now + ttl; FCM android ttl
-    #: ``encrypted``: the registration's 32-byte key (a secret: kept out of the repr, so of logs).
-    content_key: bytes | None = field(default=None, repr=False)
-    #: ``hidden``/``encrypted``: the generic alert may name the room (``BRIDGE_PUSH_HIDDEN_ROOM_NAME``).
-    hidden_room_name: bool = False
-
-
 # --------------------------------------------------------------------------------------------
-# Public API
+# Each kind of push
 
 
 def compose_message(
     msg: Message, target: Target, *, now: float, room_name: str | None = None
 ) -> Request:
-    """A ``chat message`` as a push for ``target``; ``room_name`` (group rooms) is the title."""
-    lang = _texts.resolve_locale(target.locale)
-    mode, sealer = _mode(target)
+    """A ``chat message`` as a push for ``target``.
+
+    Title: ``room_name`` (the caller passes it for group rooms), else the sender: the nickname,
+    "Someone" without one, and for a platform message (no sender) the room name or "System".
+    Body: text-like types (:data:`TEXT_TYPES`) show the text (``"<sender>: <text>"`` under a
+    room title), with ``loc-args`` ``[sender, text]``; other types, and text-like ones without
+    text, a sentence (``"Alice sent a photo"``), with ``loc-args`` ``[sender]``.
+    """
+    lang = l10n.resolve_locale(target.locale)
     mtype = msg.messageType
     text_like = mtype in TEXT_TYPES
-    room = _clean(room_name or "")
-    room_id = _clean(msg.room)
-    msg_id = _clean(msg.id)
-    seal = None
-    if mode != "full":
-        hidden = _Hidden(
-            _texts.text(lang, "new_message_title"),
-            _texts.text(lang, "new_message_body"),
-            f"message:{room_id}",
-            room_id,
-            msg_id,
-            room if target.hidden_room_name else "",
-            _json(_sanitize({"_id": msg.id, "room": msg.room, "messageType": mtype})),
-        )
-        if sealer is None:
-            return _fit_hidden(target, now, hidden)
-        seal = _sealing(sealer, hidden, target)
+    room = clean(room_name or "")
+    room_id = clean(msg.room)
+    msg_id = clean(msg.id)
+
+    def hidden() -> _Hidden:
+        ids = compact_json(sanitize({"_id": msg.id, "room": msg.room, "messageType": mtype}))
+        title, body = l10n.text(lang, "new_message_title"), l10n.text(lang, "new_message_body")
+        return _Hidden(title, body, f"message:{room_id}", room_id, msg_id, room, ids)
+
     if msg.sender is None:
-        name = room or _texts.text(lang, "system")
+        name = room or l10n.text(lang, "system")
     else:
-        name = _clean(msg.sender.nickname or "") or _texts.text(lang, "someone")
-    text = _clean(msg.text) if text_like else ""
+        name = clean(msg.sender.nickname or "") or l10n.text(lang, "someone")
+    text = clean(msg.text) if text_like else ""
     loc_key = loc_key_for(mtype)
 
-    def render(v: _Vars) -> _Fields:
+    def render(v: _Vars) -> Content:
         title = v.room or v.name
         if text_like and v.text:
-            body = _texts.text(lang, "with_sender", name=v.name, text=v.text) if v.room else v.text
+            body = l10n.text(lang, "with_sender", name=v.name, text=v.text) if v.room else v.text
         else:
-            body = _texts.describe(lang, mtype, v.name)
+            body = l10n.describe(lang, mtype, v.name)
         args = (v.name, v.text) if text_like else (v.name,)
-        return _Fields(title, body, loc_key, args, f"message:{room_id}", room_id, msg_id, v)
+        return v.content(title, body, loc_key, args, f"message:{room_id}", room_id, msg_id)
 
-    message_text = msg.message if isinstance(msg.message, str) else None
-    return _fit(
-        target,
-        now,
-        render,
-        _Vars(text=text, room=room, name=name),
-        with_payload=True,
-        full_payload=_dump(msg),
-        reduced=lambda n: _reduced_message(msg, n),
-        reduced_max=len(message_text) if message_text is not None else 0,
-        seal=seal,
-    )
+    start = _Vars(text=text, room=room, name=name)
+    return _compose(
+        target, now, render, start, hidden,
+        full_payload=event_json(msg),
+        reduced=lambda n: reduced_message_json(msg, n),
+        reduced_max=len(msg.message) if isinstance(msg.message, str) else 0,
+    )  # fmt: skip
 
 
 def compose_invitation(inv: Invitation, target: Target, *, now: float) -> Request:
     """An ``invitation`` as a push: ``im_loc_invitation`` with ``[inviter, room name]``."""
-    lang = _texts.resolve_locale(target.locale)
-    mode, sealer = _mode(target)
-    room_id = _clean(inv.room.id)
-    room = _clean(inv.room.name or "")
+    lang = l10n.resolve_locale(target.locale)
+    room_id = clean(inv.room.id)
+    room = clean(inv.room.name or "")
     collapse = f"invitation:{room_id}"
-    seal = None
-    if mode != "full":
-        hidden = _Hidden(
-            _texts.text(lang, "new_invitation_title"),
-            _texts.text(lang, "new_invitation_body"),
-            f"invitation:{room_id}",
-            room_id,
-            collapse,
-            room if target.hidden_room_name else "",
-            _json(_sanitize({"room": {"_id": inv.room.id}})),
-        )
-        if sealer is None:
-            return _fit_hidden(target, now, hidden)
-        seal = _sealing(sealer, hidden, target)
+
+    def hidden() -> _Hidden:
+        ids = compact_json(sanitize({"room": {"_id": inv.room.id}}))
+        title = l10n.text(lang, "new_invitation_title")
+        body = l10n.text(lang, "new_invitation_body")
+        return _Hidden(title, body, f"invitation:{room_id}", room_id, collapse, room, ids)
+
     if inv.inviter is None:
-        name = _texts.text(lang, "system")
+        name = l10n.text(lang, "system")
     else:
-        name = _clean(inv.inviter.nickname or "") or _texts.text(lang, "someone")
-    a_chat = _texts.text(lang, "a_chat")
+        name = clean(inv.inviter.nickname or "") or l10n.text(lang, "someone")
+    a_chat = l10n.text(lang, "a_chat")
 
-    def render(v: _Vars) -> _Fields:
+    def render(v: _Vars) -> Content:
         title = v.room or v.name
-        body = _texts.text(lang, "invitation", name=v.name, room=v.room or a_chat)
+        body = l10n.text(lang, "invitation", name=v.name, room=v.room or a_chat)
         args = (v.name, v.room or a_chat)
-        return _Fields(
-            title, body, "im_loc_invitation", args, f"invitation:{room_id}", room_id, collapse, v
-        )
+        loc_key = "im_loc_invitation"
+        return v.content(title, body, loc_key, args, f"invitation:{room_id}", room_id, collapse)
 
-    return _fit(
-        target,
-        now,
-        render,
-        _Vars(room=room, name=name),
-        with_payload=True,
-        full_payload=_dump(inv),
-        reduced=lambda _n: _reduced_invitation(inv),
-        reduced_max=0,
-        seal=seal,
-    )
-
-
-def compose_badge(target: Target, badge: int, *, now: float) -> Request:
-    """A silent badge update: no alert, no sound (APNs ``background``, FCM data-only)."""
-    data = {"badge": str(badge), "type": "badge"}
-    ttl = max(target.ttl, 0)
-    if _is_apns(target):
-        voip = target.push_type == "ios-voip"
-        return ApnsRequest(
-            payload={"aps": {"badge": badge, "content-available": 1}, **data},
-            push_type="voip" if voip else "background",
-            priority=10 if voip else 5,
-            topic=_topic(target),
-            expiration=_expiration(now, ttl),
-        )
-    if target.push_type == "web":
-        return FcmRequest(data=data, webpush={"headers": {"TTL": str(ttl), "Urgency": "normal"}})
-    return FcmRequest(
-        data=data, android={"collapse_key": "badge", "priority": "normal", "ttl": ttl}
-    )
+    return _compose(
+        target, now, render, _Vars(room=room, name=name), hidden,
+        full_payload=event_json(inv), reduced=lambda _n: reduced_invitation_json(inv),
+    )  # fmt: skip
 
 
 def compose_summary(
     room_id: str, count: int, target: Target, *, now: float, room_name: str | None = None
 ) -> Request:
-    """One "N new messages" push for a room (backfill): ``im_loc_summary`` with ``[count]``."""
-    lang = _texts.resolve_locale(target.locale)
-    mode, sealer = _mode(target)
-    rid = _clean(room_id)
-    body = _texts.summary(lang, count)
-    generic = _texts.text(lang, "summary_title")
-    room = _clean(room_name or "")
-    seal = None
-    if mode != "full":
-        hidden = _Hidden(
-            generic, body, f"message:{rid}", rid, f"summary:{rid}", room if target.hidden_room_name else ""
-        )
-        if sealer is None:
-            return _fit_hidden(target, now, hidden)
-        seal = _sealing(sealer, hidden, target)
+    """One "N new messages" push for a room (backfill): ``im_loc_summary`` with ``[count]``.
 
-    def render(v: _Vars) -> _Fields:
-        return _Fields(
-            v.room or generic,
-            body,
-            "im_loc_summary",
-            (str(count),),
-            f"message:{rid}",
-            rid,
-            f"summary:{rid}",
-            v,
+    Its ``type`` is ``message:<roomId>``, so a tap opens the room.
+    """
+    lang = l10n.resolve_locale(target.locale)
+    rid = clean(room_id)
+    body = l10n.summary(lang, count)
+    generic = l10n.text(lang, "summary_title")
+    room = clean(room_name or "")
+
+    def hidden() -> _Hidden:
+        return _Hidden(generic, body, f"message:{rid}", rid, f"summary:{rid}", room)
+
+    def render(v: _Vars) -> Content:
+        args = (str(count),)
+        return v.content(
+            v.room or generic, body, "im_loc_summary", args, f"message:{rid}", rid, f"summary:{rid}"
         )
 
-    return _fit(target, now, render, _Vars(room=room), seal=seal)
+    return _compose(target, now, render, _Vars(room=room), hidden, with_payload=False)
 
 
 def compose_test(target: Target, *, now: float) -> Request:
@@ -321,21 +186,32 @@ def compose_test(target: Target, *, now: float) -> Request:
 
     It follows the registration's content mode, so an app can check its decryption with it.
     """
-    lang = _texts.resolve_locale(target.locale)
-    mode, sealer = _mode(target)
-    title = _texts.text(lang, "test_title")
-    body = _texts.text(lang, "test_body")
-    seal = None
-    if mode != "full":
-        hidden = _Hidden(title, body, "test", None, None)
-        if sealer is None:
-            return _fit_hidden(target, now, hidden)
-        seal = _sealing(sealer, hidden, target)
+    lang = l10n.resolve_locale(target.locale)
+    title = l10n.text(lang, "test_title")
+    body = l10n.text(lang, "test_body")
 
-    def render(v: _Vars) -> _Fields:
-        return _Fields(title, body, "im_loc_test", (), "test", None, None, v)
+    def hidden() -> _Hidden:
+        return _Hidden(title, body, "test", None, None)
 
-    return _fit(target, now, render, _Vars(), seal=seal)
+    def render(v: _Vars) -> Content:
+        return v.content(title, body, "im_loc_test", (), "test", None, None)
+
+    return _compose(target, now, render, _Vars(), hidden, with_payload=False)
+
+
+def compose_badge(target: Target, badge: int, *, now: float) -> Request:
+    """A silent badge update: no alert, no sound (the layouts say how: :meth:`Layout.badge`).
+
+    An ``ios-voip`` target gets push type ``voip`` (a PushKit token takes nothing else); callers
+    should not send it badge, summary or test pushes, since iOS 13+ expects every VoIP push to
+    report a call.
+    """
+    layout: Layout[Request] = _layout_for(target)
+    return layout.badge(target, badge, now)
+
+
+# --------------------------------------------------------------------------------------------
+# Ids and per-device copies
 
 
 def push_id(device_id: str, kind: str, ident: str) -> str:
@@ -344,34 +220,20 @@ def push_id(device_id: str, kind: str, ident: str) -> str:
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
-def apns_id(push_id: str) -> str:
-    """A deterministic UUID (v5) for the ``apns-id`` header, so a retry reuses the same id."""
-    return str(uuid.uuid5(_APNS_ID_NAMESPACE, push_id))
-
-
 def loc_key_for(message_type: str) -> str:
-    """``im_loc_<type>``: IMKIT's spelling for known types, ``[a-z0-9_]`` for any other."""
+    """``im_loc_<type>``: IMKIT's spelling for known types (``-`` turned into ``_``), and for any
+    other the type lower-cased and reduced to ``[a-z0-9_]`` (at most 48 characters,
+    ``im_loc_unknown`` if nothing is left)."""
     if message_type in KNOWN_TYPES:
         return "im_loc_" + message_type.replace("-", "_")
     key = re.sub(r"[^a-z0-9_]+", "_", message_type.lower()).strip("_")[:_LOC_KEY_MAX]
     return "im_loc_" + (key or "unknown")
 
 
-#: The key of the push id every push carries (APNs: top-level custom key; FCM: ``data``), so the
-#: app can acknowledge it (``POST /me/devices/{id}/ack``).
-PUSH_ID_KEY = "pushId"
-
-
 def with_push_id(req: Request, push_id: str) -> Request:
     """A copy of ``req`` carrying ``push_id`` (a composed request is shared between tokens)."""
-    if isinstance(req, ApnsRequest):
-        return replace(req, payload={**req.payload, PUSH_ID_KEY: push_id})
-    return replace(req, data={**req.data, PUSH_ID_KEY: push_id})
-
-
-#: The badge a composition shared between devices is made with (:func:`with_badge` then puts
-#: each device's own in its place): as wide as any badge up to it, so the copy fits as well.
-BADGE_ROOM = 999_999
+    layout: Layout[Request] = _LAYOUT_OF[type(req)]
+    return layout.with_push_id(req, push_id)
 
 
 def with_badge(req: Request, badge: int | None) -> Request:
@@ -382,57 +244,23 @@ def with_badge(req: Request, badge: int | None) -> Request:
     """
     if badge is not None and not 0 <= badge <= BADGE_ROOM:
         raise ValueError(f"badge {badge} is outside 0..{BADGE_ROOM}")
-    if isinstance(req, ApnsRequest):
-        payload = dict(req.payload)
-        aps = dict(payload["aps"])
-        _set_badge(aps, badge)
-        payload["aps"] = aps
-        _set_badge(payload, None if badge is None else str(badge))
-        return replace(req, payload=payload)
-    data = dict(req.data)
-    _set_badge(data, None if badge is None else str(badge))
-    return replace(req, data=data)
-
-
-def _set_badge(block: dict[str, Any], value: object) -> None:
-    if value is None:
-        block.pop("badge", None)
-    elif "badge" in block:
-        block["badge"] = value
+    layout: Layout[Request] = _LAYOUT_OF[type(req)]
+    return layout.with_badge(req, badge)
 
 
 def fits(req: Request) -> bool:
-    """Whether a request is within its provider's size limit (see module docstring), counting the
-    ``pushId`` added after composing: measured with one of the same length (32 hex characters)."""
-    req = with_push_id(req, "0" * 32)
-    if isinstance(req, ApnsRequest):
-        limit = APNS_VOIP_LIMIT if req.push_type == "voip" else APNS_LIMIT
-        return _apns_size(req.payload) <= limit
-    return fcm_size(req) <= FCM_LIMIT - FCM_RESERVE
+    """Whether a request is within its platform's size limit, counting the ``pushId`` added
+    after composing (see the layouts)."""
+    layout: Layout[Request] = _LAYOUT_OF[type(req)]
+    return layout.fits(req)
 
 
-def fcm_size(req: FcmRequest) -> int:
-    """What an FCM message weighs: the compact UTF-8 JSON of every block but the token.
-
-    For the messages composed here (several blocks, many keys) this exceeds FCM's own count (JSON
-    quotes and braces, key names); :data:`FCM_RESERVE` covers what FCM adds on its side.
-    """
-    message = {
-        name: block
-        for name, block in (
-            ("data", req.data),
-            ("notification", req.notification),
-            ("android", req.android),
-            ("apns", req.apns),
-            ("webpush", req.webpush),
-        )
-        if block
-    }
-    return len(_json(message).encode("utf-8"))
+def _layout_for(target: Target) -> Layout[Any]:
+    return _LAYOUTS[provider_for(target.push_type)]
 
 
 # --------------------------------------------------------------------------------------------
-# Rendering
+# Rendering and privacy modes
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,19 +273,22 @@ class _Vars:
     payload: str | None = None
     payload_trimmed: bool = False
 
-
-@dataclass(frozen=True, slots=True)
-class _Fields:
-    title: str
-    body: str
-    loc_key: str | None  # None: no loc-key/loc-args anywhere (hidden and encrypted alerts)
-    loc_args: tuple[str, ...]
-    type: str
-    room_id: str | None
-    collapse: str | None
-    vars: _Vars
-    content: PushContent | None = None  # the ``content`` key: only hidden/encrypted pushes say it
-    enc: str | None = None  # encrypted: the sealed data block of the full push
+    def content(
+        self,
+        title: str,
+        body: str,
+        loc_key: str | None,
+        loc_args: tuple[str, ...],
+        type_: str,
+        room_id: str | None,
+        collapse: str | None,
+        mode: PushContent | None = None,
+    ) -> Content:
+        """The content rendered from these parts (they supply ``payload``)."""
+        return Content(
+            title, body, loc_key, loc_args, type_, room_id, collapse,
+            self.payload, self.payload_trimmed, mode,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,126 +300,129 @@ class _Hidden:
     type: str
     room_id: str | None
     collapse: str | None
-    room: str = ""  # the room name, when BRIDGE_PUSH_HIDDEN_ROOM_NAME allows it: the title
+    room: str = ""  # the room name: the title, when BRIDGE_PUSH_HIDDEN_ROOM_NAME allows it
     payload: str | None = None  # ids only, as compact JSON
 
-    def render(self, v: _Vars) -> _Fields:
-        return _Fields(
-            v.room or self.title,
-            self.body,
-            None,
-            (),
-            self.type,
-            self.room_id,
-            self.collapse,
-            v,
-            "hidden",
-        )
+    def render(self, v: _Vars) -> Content:
+        title = v.room or self.title
+        body, kind, rid, collapse = self.body, self.type, self.room_id, self.collapse
+        return v.content(title, body, None, (), kind, rid, collapse, "hidden")
 
 
-def _data(f: _Fields, badge: int | None) -> dict[str, str]:
-    data = {"title": f.title, "body": f.body}
-    if badge is not None:
-        data["badge"] = str(badge)
-    if f.loc_key is not None:
-        data["loc-key"] = f.loc_key
-        data["loc-args"] = _json(list(f.loc_args))
-    data["type"] = f.type
-    if f.vars.payload is not None:
-        data["payload"] = f.vars.payload
-    if f.vars.payload_trimmed:
-        data["payloadTrimmed"] = "1"
-    if f.content is not None:
-        data["content"] = f.content
-    if f.enc is not None:
-        data["enc"] = f.enc
-    return data
-
-
-def _request(f: _Fields, target: Target, now: float) -> Request:
-    data = _data(f, target.badge)
-    ttl = max(target.ttl, 0)
-    if _is_apns(target):
-        voip = target.push_type == "ios-voip"
-        alert: dict[str, Any] = {"title": f.title, "body": f.body}
-        if f.loc_key is not None:
-            alert["loc-key"] = f.loc_key
-            alert["loc-args"] = list(f.loc_args)
-        aps: dict[str, Any] = {"alert": alert}
-        if target.badge is not None:
-            aps["badge"] = target.badge
-        if not voip:
-            aps["sound"] = "default"
-        if f.room_id is not None:
-            aps["thread-id"] = f.room_id
-        if not voip:
-            aps["mutable-content"] = 1
-        return ApnsRequest(
-            payload={"aps": aps, **data},
-            push_type="voip" if voip else "alert",
-            priority=10,
-            topic=_topic(target),
-            collapse_id=_short_id(f.collapse) if f.collapse is not None else None,
-            expiration=_expiration(now, ttl),
-            thread_id=f.room_id,
-        )
-    # Encrypted: data only. With a notification block Android and browsers show it themselves
-    # while the app is in the background and never hand it the data to decrypt.
-    sealed = f.enc is not None
-    # Title and body only here: the platform blocks' copies would merely repeat (override) them
-    # and count twice against FCM's size limit.
-    notification = None if sealed else {"title": f.title, "body": f.body}
-    if target.push_type == "web":
-        webpush: dict[str, Any] = {"headers": {"TTL": str(ttl), "Urgency": "high"}}
-        if f.room_id is not None and not sealed:
-            webpush["notification"] = {"tag": f.room_id}
-        return FcmRequest(data=data, notification=notification, webpush=webpush)
-    if sealed:
-        android_data: dict[str, Any] = {"priority": "high", "ttl": ttl}
-        if f.room_id is not None:
-            android_data = {"collapse_key": f.room_id, **android_data}
-        return FcmRequest(data=data, android=android_data)
-    a_note: dict[str, Any] = {}
-    if f.loc_key is not None:
-        a_note = {"body_loc_key": f.loc_key, "body_loc_args": list(f.loc_args)}
-    if f.room_id is not None:
-        a_note["tag"] = f.room_id
-    android: dict[str, Any] = {"priority": "high", "ttl": ttl}
-    if a_note:
-        android["notification"] = a_note
-    if f.room_id is not None:
-        android = {"collapse_key": f.room_id, **android}
-    return FcmRequest(data=data, android=android, notification=notification)
-
-
-# --------------------------------------------------------------------------------------------
-# Fitting
-
-
-def _fit(
+def _compose(
     target: Target,
     now: float,
-    render: Callable[[_Vars], _Fields],
+    render: Callable[[_Vars], Content],
     start: _Vars,
+    hidden: Callable[[], _Hidden],
     *,
-    with_payload: bool = False,
+    with_payload: bool = True,
     full_payload: str | None = None,
     reduced: Callable[[int], str | None] | None = None,
     reduced_max: int = 0,
-    seal: Callable[[_Fields], _Fields] | None = None,
 ) -> Request:
-    """Render, then cut parts in the documented order until the push fits its limit.
+    """The push in the target's privacy mode, fitted to its platform's layout.
 
-    ``full_payload`` None with ``with_payload`` means the event could not be serialised whole.
-    ``seal`` (encrypted) turns each rendering into the fields actually sent, so the cuts apply to
-    the full content until its sealed form fits.
+    ``hidden``: no text, no sender, no room name (unless ``Target.hidden_room_name``), no
+    ``loc-key``; ids only. ``encrypted``: the hidden push, plus the full push's data block
+    sealed as ``enc`` (the cuts apply to the full content until its sealed form fits).
     """
-    limit = _limit(target)
+    layout = _layout_for(target)
+    mode, sealer = _mode(target)
+    seal = None
+    if mode != "full":
+        h = hidden()
+        if not target.hidden_room_name:
+            h = replace(h, room="")
+        if sealer is None:
+            start = _Vars(room=h.room)
+            return _fit(
+                layout, target, now, h.render, start,
+                with_payload=h.payload is not None, full_payload=h.payload,
+            )  # fmt: skip
+        seal = _sealing(sealer, h, target)
+    return _fit(
+        layout, target, now, render, start,
+        with_payload=with_payload, full_payload=full_payload, reduced=reduced,
+        reduced_max=reduced_max, seal=seal,
+    )  # fmt: skip
+
+
+def _sealing(sealer: Sealer, hidden: _Hidden, target: Target) -> Callable[[Content], Content]:
+    """Encrypted: the full push's data block, sealed, inside the content of the hidden push."""
+    clear = hidden.render(_Vars(room=_cap(hidden.room, NAME_MAX), payload=hidden.payload))
+    clear = replace(clear, content="encrypted")
+
+    def seal(c: Content) -> Content:
+        plain = compact_json(data_block(c, target.badge)).encode("utf-8")
+        return replace(clear, enc=sealer.seal(plain))
+
+    return seal
+
+
+_warned_no_key = False
+
+
+def _mode(target: Target) -> tuple[PushContent, Sealer | None]:
+    """The content mode to apply, and the sealer for ``encrypted``.
+
+    ``encrypted`` without a usable key (subscribe prevents it; a store bug might not) falls back
+    to ``hidden``, never to ``full``: what the device asked to keep off Apple's and Google's
+    servers stays off them. Any unknown mode is ``hidden`` for the same reason.
+    """
+    global _warned_no_key
+    if target.content == "full":
+        return "full", None
+    if target.content == "encrypted":
+        key = target.content_key
+        if key is not None and len(key) == KEY_SIZE:
+            return "encrypted", Sealer(key)
+        if not _warned_no_key:
+            _warned_no_key = True
+            log.warning(
+                "content=encrypted without a 32-byte key: sent as hidden",
+                extra={"push_type": target.push_type},
+            )
+    return "hidden", None
+
+
+# --------------------------------------------------------------------------------------------
+# Size fitting
+
+
+def _fit(
+    layout: Layout[Any],
+    target: Target,
+    now: float,
+    render: Callable[[_Vars], Content],
+    start: _Vars,
+    *,
+    with_payload: bool,
+    full_payload: str | None = None,
+    reduced: Callable[[int], str | None] | None = None,
+    reduced_max: int = 0,
+    seal: Callable[[Content], Content] | None = None,
+) -> Request:
+    """Render, then cut parts in this order until the layout says the request fits:
+
+    1. ``payload`` becomes the reduced object (``_id``, ``room``, ``messageType``, ``sender``
+       {``_id``, ``nickname``}, the timestamps, and the longest prefix of a string ``message``
+       that fits; an invitation ``{room: {_id}, inviter: {_id}}``), with ``payloadTrimmed: "1"``;
+       if even that does not fit, ``payload`` is dropped (``payloadTrimmed`` stays).
+    2. The text, then the room name, then the sender name, are cut to the longest prefix that
+       fits, with "…" appended (between code points, so UTF-8 stays valid).
+    3. If ids alone (a pathological room id) still overflow, :class:`ComposeError` is raised.
+
+    Sender and room names are capped at :data:`NAME_MAX` characters before anything is tried.
+    ``full_payload`` None with ``with_payload`` means the event could not be serialised whole.
+    ``seal`` (encrypted) turns each rendering into the content actually sent.
+    """
+    limit = layout.limit(target)
 
     def attempt(v: _Vars) -> Request | None:
-        f = render(v)
-        req = _request(seal(f) if seal is not None else f, target, now)
-        return req if fits(req) else None
+        c = render(v)
+        req: Request = layout.request(seal(c) if seal is not None else c, target, now)
+        return req if layout.fits(req) else None
 
     def cutting(base: _Vars, part: str, original: str) -> Callable[[int], Request | None]:
         return lambda n: attempt(_with(base, part, _cut(original, n)))
@@ -631,56 +465,6 @@ def _fit(
     return got
 
 
-def _fit_hidden(target: Target, now: float, hidden: _Hidden) -> Request:
-    """A ``hidden`` push: the generic alert and ids only; only a permitted room name is cut."""
-    return _fit(
-        target,
-        now,
-        hidden.render,
-        _Vars(room=hidden.room),
-        with_payload=hidden.payload is not None,
-        full_payload=hidden.payload,
-    )
-
-
-def _sealing(sealer: Sealer, hidden: _Hidden, target: Target) -> Callable[[_Fields], _Fields]:
-    """Encrypted: the full push's data block, sealed, inside the fields of the hidden push."""
-    clear = hidden.render(_Vars(room=_cap(hidden.room, NAME_MAX), payload=hidden.payload))
-    clear = replace(clear, content="encrypted")
-
-    def seal(f: _Fields) -> _Fields:
-        plain = _json(_data(f, target.badge)).encode("utf-8")
-        return replace(clear, enc=sealer.seal(plain))
-
-    return seal
-
-
-_warned_no_key = False
-
-
-def _mode(target: Target) -> tuple[PushContent, Sealer | None]:
-    """The content mode to apply, and the sealer for ``encrypted``.
-
-    ``encrypted`` without a usable key (subscribe prevents it; a store bug might not) falls back
-    to ``hidden``, never to ``full``: what the device asked to keep off Apple's and Google's
-    servers stays off them. Any unknown mode is ``hidden`` for the same reason.
-    """
-    global _warned_no_key
-    if target.content == "full":
-        return "full", None
-    if target.content == "encrypted":
-        key = target.content_key
-        if key is not None and len(key) == KEY_SIZE:
-            return "encrypted", Sealer(key)
-        if not _warned_no_key:
-            _warned_no_key = True
-            log.warning(
-                "content=encrypted without a 32-byte key: sent as hidden",
-                extra={"push_type": target.push_type},
-            )
-    return "hidden", None
-
-
 def _with(v: _Vars, part: str, value: str) -> _Vars:
     if part == "text":
         return replace(v, text=value)
@@ -713,97 +497,3 @@ def _cut(s: str, n: int) -> str:
 
 def _cap(s: str, limit: int) -> str:
     return s if len(s) <= limit else s[:limit] + ELLIPSIS
-
-
-def _limit(target: Target) -> int:
-    if target.push_type == "ios-voip":
-        return APNS_VOIP_LIMIT
-    return APNS_LIMIT if _is_apns(target) else FCM_LIMIT
-
-
-def _apns_size(payload: dict[str, Any]) -> int:
-    # aioapns sends json.dumps(message, ensure_ascii=False) with the default separators.
-    return len(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
-
-
-# --------------------------------------------------------------------------------------------
-# Payload JSON
-
-
-def _dump(model: Message | Invitation) -> str | None:
-    """The event as compact JSON (None if it cannot be serialised: the reduced form is used)."""
-    try:
-        return _json(_sanitize(model.model_dump(mode="json", by_alias=True, exclude_unset=True)))
-    except (ValueError, TypeError, RecursionError):
-        return None
-
-
-def _reduced_message(msg: Message, n: int) -> str | None:
-    obj: dict[str, Any] = {"_id": msg.id, "room": msg.room, "messageType": msg.messageType}
-    obj["sender"] = (
-        None if msg.sender is None else {"_id": msg.sender.id, "nickname": msg.sender.nickname}
-    )
-    for key in ("messageTimeMS", "createdAtMS", "updatedAtMS"):
-        value = getattr(msg, key)
-        if value is not None:
-            obj[key] = value
-    if isinstance(msg.message, str):
-        obj["message"] = msg.message[:n]
-    return _json(_sanitize(obj))
-
-
-def _reduced_invitation(inv: Invitation) -> str | None:
-    inviter = None if inv.inviter is None else {"_id": inv.inviter.id}
-    return _json(_sanitize({"room": {"_id": inv.room.id}, "inviter": inviter}))
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _sanitize(obj: Any) -> Any:
-    """JSON-safe copy: strings without lone surrogates, non-finite floats as null."""
-    if isinstance(obj, str):
-        return _clean(obj)
-    if isinstance(obj, bool) or obj is None or isinstance(obj, int):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {_clean(str(k)): _sanitize(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_sanitize(v) for v in obj]
-    return _clean(str(obj))
-
-
-def _clean(s: str) -> str:
-    """Replace lone surrogates (legal in JSON escapes, illegal in UTF-8) with ``?``."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "replace").decode("utf-8")
-    return s
-
-
-# --------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def _is_apns(target: Target) -> bool:
-    return target.push_type in ("ios", "ios-voip")
-
-
-def _topic(target: Target) -> str | None:
-    if target.topic and target.push_type == "ios-voip" and not target.topic.endswith(".voip"):
-        return target.topic + ".voip"
-    return target.topic
-
-
-def _expiration(now: float, ttl: int) -> int:
-    return int(now) + ttl if ttl > 0 else 0
-
-
-def _short_id(ident: str) -> str:
-    if len(ident.encode("utf-8")) <= _ID_MAX_BYTES:
-        return ident
-    return hashlib.sha256(ident.encode("utf-8")).hexdigest()[:_ID_MAX_BYTES]

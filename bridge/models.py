@@ -140,11 +140,13 @@ class Device:
 
     def effective_state(self, now: float) -> AppState:
         """Foreground only while its TTL has not run out: a crashed app never silences its user."""
-        if self.state is AppState.FOREGROUND and (
+        return AppState.FOREGROUND if self.in_foreground(now) else AppState.BACKGROUND
+
+    def in_foreground(self, now: float) -> bool:
+        """Whether the app is in the foreground at ``now`` (see :meth:`effective_state`)."""
+        return self.state is AppState.FOREGROUND and (
             self.foreground_until is None or now < self.foreground_until
-        ):
-            return AppState.FOREGROUND
-        return AppState.BACKGROUND
+        )
 
     @property
     def active_registrations(self) -> list[Registration]:
@@ -153,11 +155,13 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class ApnsRequest:
-    """A composed APNs request (everything but the auth, which the provider adds)."""
+    """A composed APNs request (everything but the auth, which the provider adds): its payload
+    and headers as :mod:`bridge.push.apns_layout` lays them out."""
 
     payload: dict[str, Any]
     push_type: Literal["alert", "background", "voip"] = "alert"
     priority: int = 10
+    #: None (as composed): the provider's topic, ``.voip`` for a voip push (``apns_layout.topic``).
     topic: str | None = None
     collapse_id: str | None = None
     #: Epoch seconds; 0 means "deliver once or drop".
@@ -167,12 +171,12 @@ class ApnsRequest:
 
 @dataclass(frozen=True, slots=True)
 class FcmRequest:
-    """A composed FCM v1 message (minus the token, carried by :class:`Notification`)."""
+    """A composed FCM v1 message (minus the token, carried by :class:`Notification`): its blocks
+    as :mod:`bridge.push.fcm_layout` lays them out."""
 
     data: dict[str, str]
     android: dict[str, Any] | None = None
     notification: dict[str, str] | None = None
-    apns: dict[str, Any] | None = None
     webpush: dict[str, Any] | None = None
 
 

@@ -26,8 +26,9 @@ from bridge.api.schemas import (
     SubscribeBody,
     UnsubscribeBody,
 )
-from bridge.models import AppState, Device, Registration, provider_for
-from bridge.worker.fanout import notification_for
+from bridge.decide import route
+from bridge.models import AppState, Device, Notification, Registration, provider_for
+from bridge.worker.fanout import fan_out
 from bridge.worker.history import SentPush, sent_push
 from bridge.worker.results import result_dict
 
@@ -238,28 +239,26 @@ async def test_push(deviceId: DeviceIdPath, request: Request, ctx: Ctx, clientId
     caller = await ctx.auth.caller(request, clientId)
     device = await _owned_device(ctx, caller, deviceId)
     now = time.time()
-    notifications = []
-    skipped: list[dict[str, str]] = []
-    for reg in device.registrations.values():
-        if reg.type == "ios-voip":
-            skipped.append({"type": reg.type, "reason": "voip"})
-            continue
-        if not reg.active:
-            skipped.append({"type": reg.type, "reason": "disabled"})
-            continue
-        target = compose.Target(
-            push_type=reg.type,
-            locale=device.locale,
-            content=reg.content or ctx.bridge.settings.push_content,
-            content_key=reg.content_key,
-            hidden_room_name=ctx.bridge.settings.push_hidden_room_name,
+    # route() leaves out ios-voip (see above); what it keeps may still be disabled.
+    routed = route("test", None, device.registrations)
+    skipped = [
+        {"type": reg.type, "reason": "disabled" if reg.type in routed else "voip"}
+        for reg in device.registrations.values()
+        if reg.type not in routed or not reg.active
+    ]
+
+    def compose_for(target: compose.Target) -> compose.Request:
+        return compose.compose_test(target, now=now)
+
+    pushes = list(
+        fan_out(
+            ctx.bridge.settings, device, "test", f"{now:.6f}", compose_for,
+            received_at=time.monotonic(),
         )
-        req = compose.compose_test(target, now=now)
-        notifications.append(
-            notification_for(device.device_id, reg, "test", f"{now:.6f}", req, time.monotonic())
-        )
-    results = await asyncio.gather(*(ctx.bridge.dispatcher.send_now(n) for n in notifications))
-    out = [result_dict(n, r) for n, r in zip(notifications, results, strict=True)]
+    )  # fmt: skip
+    sent = [n for n in pushes if isinstance(n, Notification)]
+    answers = iter(await asyncio.gather(*(ctx.bridge.dispatcher.send_now(n) for n in sent)))
+    out = [result_dict(n, next(answers)) if isinstance(n, Notification) else n.as_dict() for n in pushes]
     return ok({"deviceId": deviceId, "results": out, "skipped": skipped})
 
 

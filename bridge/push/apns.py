@@ -1,65 +1,46 @@
 """The APNs provider: sends one composed notification with aioapns and maps Apple's answer.
 
-Designed around aioapns 4.0's known behaviour (all fixes live in our protocol subclass or in
-per-instance attributes; nothing in the library is changed globally):
+Around aioapns 4.0 (its connection's fixes are in :mod:`bridge.push.apns_connection`): every
+send runs under an ``asyncio.timeout`` scope (aioapns has no per-request timeout; not
+``wait_for``, which costs a task per push); one connection attempt per send and a silent
+``err_func`` instead of aioapns' own reconnect loop and error log line (retrying is the
+dispatcher's job); and each client is recycled every ``recycle_sends`` sends or
+``recycle_after`` seconds, after its in-flight sends finish, as a backstop against what aioapns
+keeps per connection. One aioapns client serves one host, so each APNs environment
+(production, sandbox) has its own client and HTTP/2 connections.
 
-- no per-request timeout: every send runs under an ``asyncio.timeout`` scope (not ``wait_for``,
-  which costs a task per push);
-- a hang when the server does not echo ``apns-id``: the end of the response stream now ends the
-  request (``Retry("connection")``), with the timeout as the backstop;
-- idle connections closed after 10 s: ``INACTIVITY_TIME`` is raised (``idle_timeout``);
-- per-stream entries kept until the connection closes: freed when the stream ends; a late answer
-  to a timed-out send is dropped (aioapns would ``set_result`` on the cancelled future and lose
-  the connection); and the whole client is recycled every ``recycle_sends`` sends or
-  ``recycle_after`` seconds as a backstop, after its in-flight sends finish;
-- HTTP/2 flow control: received data is never acknowledged (a connection stalls after ~64 KiB
-  of error bodies), and a burst larger than the send window raises ``FlowControlError`` after
-  the headers went out, leaking the stream; we acknowledge data as it arrives and hand out
-  stream slots only while the send window has room;
-- its own reconnect loop and error log line: one connection attempt per send (retrying is the
-  dispatcher's job) and a silent ``err_func``.
-
-Host and port are class attributes the pool reads (``protocol_class.APNS_SERVER``/``APNS_PORT``),
-so each client gets its own protocol subclass carrying them. One aioapns client serves one host,
-so each APNs environment (production, sandbox) has its own client and HTTP/2 connections. With
-token auth, aioapns signs a provider token per connection; our protocol subclass hands every
-connection of both environments one shared signer instead, so there is one provider token
-(refreshed every 30 minutes) however many connections are open, as Apple asks.
+What a request holds is :mod:`bridge.push.apns_layout`'s; the provider adds the ``apns-id``
+(from the push id, so a retry reuses it) and the topic (its own, ``.voip`` for PushKit).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import email.utils
 import logging
 import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any
 
 from aioapns import APNs, NotificationRequest, PushType
 from aioapns.common import NotificationResult
-from aioapns.connection import (
-    APNsTLSClientProtocol,
-    AuthorizationHeaderProvider,
-    ChannelPool,
-    JWTAuthorizationHeaderProvider,
-)
+from aioapns.connection import AuthorizationHeaderProvider, JWTAuthorizationHeaderProvider
 from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from h2.connection import H2Connection
-from h2.exceptions import H2Error, NoAvailableStreamIDError
-from hpack import Encoder
+from h2.exceptions import H2Error
 
-from bridge.compose import apns_id
 from bridge.config import Settings
 from bridge.models import ApnsEnvironment, Notification
-from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
+from bridge.push import apns_layout
+from bridge.push.apns_connection import cheap_headers as cheap_headers  # bench/apns_headers.py
+from bridge.push.apns_connection import protocol_class
+from bridge.push.config_errors import CONFIG_LOG_INTERVAL, ConfigErrors
+from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid, not_before
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +78,6 @@ CONFIG_ERRORS: dict[str, str] = {
     "(see BRIDGE_APNS_SANDBOX and the registrations' apnsEnvironment)",
     "Forbidden": "the key or certificate may not push to BRIDGE_APNS_TOPIC",
 }
-#: A configuration error is logged at most once per reason in this many seconds.
-CONFIG_LOG_INTERVAL = 60.0
-
 #: Apple's endpoints per environment (port 443; 2197 works too).
 APPLE_HOSTS: dict[ApnsEnvironment, str] = {
     "production": "api.push.apple.com",
@@ -178,150 +156,8 @@ def map_response(
             since = timestamp / 1000
         return TokenInvalid(reason, since)
     if kind == _RETRY:
-        return Retry(reason, _not_before(retry_after))
+        return Retry(reason, not_before(retry_after, time.time()))
     return Failed(reason)
-
-
-def _not_before(retry_after: str | None) -> float | None:
-    """``Retry-After`` (seconds or an HTTP date) as an epoch time."""
-    if not retry_after:
-        return None
-    if retry_after.strip().isdigit():
-        return time.time() + int(retry_after)
-    try:
-        return email.utils.parsedate_to_datetime(retry_after).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
-#: Send window a request may need: h2's largest default DATA frame, well above Apple's 5 KiB.
-_SEND_WINDOW = 16_384
-
-
-class _Channels(ChannelPool):
-    """aioapns' stream slots, handed out only while the connection's send window has room.
-
-    aioapns sends the headers and then ``send_data`` raises ``FlowControlError`` on a burst,
-    leaving the stream (and its slot) open for good; waiting here avoids that.
-    """
-
-    def __init__(self, conn: H2Connection, bound: int) -> None:
-        super().__init__(bound)
-        self._conn = conn
-        self.window_opened = asyncio.Event()
-        self.closed = False
-
-    async def acquire(self) -> int:  # type: ignore[override]  # a stream id, as in aioapns
-        while True:
-            if self.closed:
-                raise ConnectionClosed("connection closed")
-            await asyncio.BoundedSemaphore.acquire(self)
-            if self._conn.outbound_flow_control_window >= _SEND_WINDOW:
-                break
-            self.release()
-            self.window_opened.clear()
-            await self.window_opened.wait()
-        # From here to aioapns' send_data nothing awaits, so the window is still there then.
-        self._stream_id += 2
-        if self._stream_id > H2Connection.HIGHEST_ALLOWED_STREAM_ID:
-            raise NoAvailableStreamIDError()
-        return self._stream_id
-
-
-class _PlainEncoder(Encoder):
-    """HPACK without Huffman coding: Huffman-coding every request's unique ``:path`` and
-    ``apns-id`` was the largest single cost of a push (~9 % of the bridge's CPU at 1,000/s),
-    to save ~50 bytes a request on a connection that carries ~4 KiB of payload a burst."""
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        return super().encode(headers, huffman=False)
-
-
-def cheap_headers(conn: H2Connection) -> None:
-    """Make ``conn`` encode request headers cheaply (bench/apns_headers.py: 260 -> 100 µs and
-    306 -> 154 bytes a request).
-
-    aioapns builds the same well-formed header list every time (tokens are checked at
-    registration), so h2's per-request normalising and validating is pure cost. Normalising also
-    forces ``authorization`` to "never indexed", which re-encodes the ~250-byte provider token on
-    every request; indexing it is safe (HPACK matches whole fields only, and the token is random).
-    """
-    conn.config.normalize_outbound_headers = False
-    conn.config.validate_outbound_headers = False
-    conn.encoder = _PlainEncoder()
-
-
-class _Protocol(APNsTLSClientProtocol):
-    """aioapns' connection protocol with our endpoint and idle timeout, and the fixes above.
-
-    Per-client subclasses (see :func:`_protocol_class`) set the class attributes. Besides flow
-    control: keep ``retry-after``; skip requests whose send our timeout cancelled (aioapns would
-    call ``set_result`` on them and lose the connection); end a request whose stream ended
-    without an answer it could match (no ``apns-id`` echoed), which also frees the per-stream
-    entry aioapns otherwise keeps until the connection closes.
-    """
-
-    retry_after: ClassVar[dict[str, str]]
-    #: The provider's one token signer (token auth), used instead of aioapns' per-connection one.
-    shared_auth: ClassVar[AuthorizationHeaderProvider | None] = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.shared_auth is not None:
-            self.auth_provider = self.shared_auth
-        self.free_channels: _Channels = _Channels(self.conn, 1000)
-        cheap_headers(self.conn)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.conn.outbound_flow_control_window >= _SEND_WINDOW:
-            self.free_channels.window_opened.set()
-
-    def _abandoned(self, notification_id: str) -> bool:
-        """Forget a request nobody waits for any more (its send timed out)."""
-        future = self.requests.get(notification_id)
-        if future is None or not future.done():
-            return False
-        del self.requests[notification_id]
-        self.request_statuses.pop(notification_id, None)
-        self.retry_after.pop(notification_id, None)
-        return True
-
-    def on_response_received(self, headers: dict[bytes, bytes]) -> None:
-        apns_id = headers.get(b"apns-id", b"").decode("utf8")
-        if self._abandoned(apns_id):
-            return
-        value = headers.get(b"retry-after")
-        if value is not None:
-            self.retry_after[apns_id] = value.decode("latin-1")
-        super().on_response_received(headers)
-
-    def on_data_received(self, raw_data: bytes, stream_id: int) -> None:
-        # aioapns never returns flow-control credit, so ~64 KiB of error bodies would stall the
-        # connection; data_received flushes the WINDOW_UPDATE this queues.
-        self.conn.acknowledge_received_data(len(raw_data), stream_id)
-        notification_id = self.request_streams.get(stream_id)
-        if notification_id is None or notification_id not in self.request_statuses:
-            return  # unmatched (no apns-id echoed): on_stream_ended ends the request
-        if self._abandoned(notification_id) or notification_id not in self.requests:
-            del self.request_streams[stream_id]
-            return
-        super().on_data_received(raw_data, stream_id)
-
-    def on_stream_ended(self, stream_id: int) -> None:
-        notification_id = self.request_streams.pop(stream_id, None)
-        future = self.requests.pop(notification_id, None) if notification_id else None
-        if future is not None and not future.done():
-            future.set_exception(ConnectionClosed("stream ended without a matching answer"))
-        if notification_id:
-            self.request_statuses.pop(notification_id, None)
-        super().on_stream_ended(stream_id)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.requests = {k: f for k, f in self.requests.items() if not f.done()}
-        self.free_channels.closed = True
-        self.free_channels.window_opened.set()
-        super().connection_lost(exc)
 
 
 def _time_to_live(expiration: int | None) -> int | None:
@@ -331,23 +167,6 @@ def _time_to_live(expiration: int | None) -> int | None:
 
 def _context(n: Notification) -> dict[str, Any]:
     return {"device_id": n.device_id, "push_id": n.push_id, "provider": "apns"}
-
-
-def _protocol_class(
-    host: str,
-    port: int,
-    idle_timeout: float,
-    retry_after: dict[str, str],
-    shared_auth: AuthorizationHeaderProvider | None,
-) -> type[_Protocol]:
-    attrs: dict[str, Any] = {
-        "APNS_SERVER": host,
-        "APNS_PORT": port,
-        "INACTIVITY_TIME": idle_timeout,
-        "retry_after": retry_after,
-        "shared_auth": shared_auth,
-    }
-    return cast(type[_Protocol], type("ApnsBridgeProtocol", (_Protocol,), attrs))
 
 
 def _check_credentials(key: str | None, cert_file: str | None) -> None:
@@ -441,10 +260,7 @@ class ApnsProvider:
         self._recycle_sends = recycle_sends
         self._recycle_after = recycle_after
         self._max_connections = max_connections
-        self._config_log_interval = config_log_interval
-        #: Per configuration error: when it was last logged, and how often it came since.
-        self._config_logged: dict[str, float] = {}
-        self._config_unlogged: dict[str, int] = {}
+        self._config_errors = ConfigErrors(logger, config_log_interval)
         self._current: dict[ApnsEnvironment, _Generation] = {}
         self._retired: set[_Generation] = set()
         self._closed = False
@@ -507,13 +323,12 @@ class ApnsProvider:
             return Failed("no_apns_request")
         if self._closed:
             return Retry("provider_closed")
-        topic = req.topic or self.topic
-        if req.topic is None and req.push_type == "voip" and not topic.endswith(".voip"):
-            topic += ".voip"
+        # A topic the request names is used as is.
+        topic = req.topic or apns_layout.topic(req.push_type, self.topic)
         request = NotificationRequest(
             device_token=notification.token,
             # The same apns-id on every attempt: a retry after a timeout is the same notification.
-            notification_id=apns_id(notification.push_id),
+            notification_id=apns_layout.apns_id(notification.push_id),
             message=req.payload,
             time_to_live=_time_to_live(req.expiration),
             priority=req.priority,
@@ -582,28 +397,16 @@ class ApnsProvider:
             response.timestamp,
         )
         if isinstance(result, Failed) and result.reason in CONFIG_ERRORS:
-            self._config_error(result.reason, topic, environment)
+            self._config_errors.report(
+                result.reason,
+                "APNs refuses pushes with %s: %s (topic %r, %s host %s).",
+                result.reason,
+                CONFIG_ERRORS[result.reason],
+                topic,
+                environment,
+                self._endpoints[environment][0],
+            )
         return Delivered(request.notification_id) if isinstance(result, Delivered) else result
-
-    def _config_error(self, reason: str, topic: str, environment: ApnsEnvironment) -> None:
-        """Say loudly that the configuration is wrong, once per interval (not once per push)."""
-        now = time.monotonic()
-        self._config_unlogged[reason] = self._config_unlogged.get(reason, 0) + 1
-        last = self._config_logged.get(reason)
-        if last is not None and now - last < self._config_log_interval:
-            return
-        self._config_logged[reason] = now
-        count = self._config_unlogged.pop(reason)
-        logger.error(
-            "APNs refuses pushes with %s: %s (topic %r, %s host %s). These pushes fail; no "
-            "registration is disabled. %d such answer(s) since the last line like this one.",
-            reason,
-            CONFIG_ERRORS[reason],
-            topic,
-            environment,
-            self._endpoints[environment][0],
-            count,
-        )
 
     async def close(self) -> None:
         """Close every connection; later sends answer ``Retry("provider_closed")``."""
@@ -654,7 +457,7 @@ class ApnsProvider:
             self._read_certificate_expiry(self._cert_file)
         retry_after: dict[str, str] = {}
         host, port = self._endpoints[environment]
-        client.pool.protocol_class = _protocol_class(
+        client.pool.protocol_class = protocol_class(
             host, port, self._idle_timeout, retry_after, self._auth
         )
         return _Generation(client, retry_after, environment)

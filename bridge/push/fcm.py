@@ -18,20 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import email.utils
-import functools
-import inspect
-import json
 import logging
 import math
-import re
 import ssl
 import time
 import uuid
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import firebase_admin
 import google.auth.exceptions
@@ -43,9 +38,11 @@ from google.auth.transport import requests as google_requests
 
 from bridge.config import Settings
 from bridge.models import FcmRequest, Notification
-from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid
+from bridge.push.config_errors import CONFIG_LOG_INTERVAL, ConfigErrors
+from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInvalid, not_before
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: ``send_each_async`` takes at most this many messages per call.
 MAX_BATCH = 500
@@ -81,7 +78,7 @@ ERROR_RESULTS: dict[type[Exception], tuple[Kind, str]] = {
 
 
 #: Failures that mean our configuration is wrong (every push fails alike until it is fixed):
-#: logged loudly, once per :data:`CONFIG_LOG_INTERVAL` per reason. Reason -> what to check.
+#: logged loudly (:class:`~bridge.push.config_errors.ConfigErrors`). Reason -> what to check.
 CONFIG_ERRORS: dict[str, str] = {
     "sender_id_mismatch": "the tokens belong to another Firebase project than "
     "BRIDGE_FCM_CREDENTIALS_FILE's service account",
@@ -90,22 +87,12 @@ CONFIG_ERRORS: dict[str, str] = {
     "permission_denied": "BRIDGE_FCM_CREDENTIALS_FILE's service account may not send messages "
     "for its project",
 }
-CONFIG_LOG_INTERVAL = 60.0
 
 
 def _retry_after(response: Any, now: float) -> float | None:
-    """Epoch time from a ``Retry-After`` header (seconds or HTTP date), or None."""
+    """Epoch time from the response's ``Retry-After`` header, or None."""
     headers = getattr(response, "headers", None)
-    value = headers.get("retry-after") if headers is not None else None
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return now + int(value)
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
+    return not_before(headers.get("retry-after") if headers is not None else None, now)
 
 
 def _about_token(exc: fb.FirebaseError) -> bool:
@@ -153,171 +140,37 @@ def result_for_error(exc: BaseException, token: str, now: float | None = None) -
 # ---------------------------------------------------------------------- message building
 
 
-@functools.cache
-def _params(cls: type) -> frozenset[str]:
-    return frozenset(inspect.signature(cls).parameters)
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.replace("-", "_")).lower()
-
-
-def _fields(
-    src: Mapping[str, Any],
-    cls: type,
-    where: str,
-    renames: Mapping[str, str] | None = None,
-    rest: str | None = None,
-) -> dict[str, Any]:
-    """``src`` (FCM v1 JSON names, any of snake/camel/kebab case) as keyword arguments of ``cls``.
-
-    Unknown names go into the ``rest`` argument (``custom_data``) when ``cls`` has one, else fail.
-    """
-    params = _params(cls)
-    out: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for key, value in src.items():
-        name = _snake(key)
-        name = (renames or {}).get(name, name)
-        if name in params and name != rest:
-            out[name] = value
-        elif rest is not None:
-            extra[key] = value
-        else:
-            raise ValueError(f"unknown field {where}.{key}")
-    if extra:
-        out[rest or ""] = extra
-    return out
-
-
-def _seconds(value: Any) -> float:
-    """An FCM duration (``"3600s"`` or a number of seconds) in seconds."""
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?s?", value.strip()):
-        return float(value.strip().rstrip("s"))
-    raise ValueError(f"not a duration: {value!r}")
-
-
-def _list(value: Any) -> Any:
-    # loc args travel as a JSON array in a string in ``data``; accept the same form here.
-    if isinstance(value, str) and value.startswith("["):
-        return json.loads(value)
-    return value
-
-
-def _android_notification(src: Mapping[str, Any]) -> messaging.AndroidNotification:
-    kw = _fields(
-        src,
-        messaging.AndroidNotification,
-        "android.notification",
-        {"notification_priority": "priority", "event_time": "event_timestamp"},
-    )
-    for name in ("priority", "visibility", "proxy"):
-        if isinstance(kw.get(name), str):
-            kw[name] = kw[name].lower().removeprefix("priority_")
-    for name in ("body_loc_args", "title_loc_args"):
-        if name in kw:
-            kw[name] = _list(kw[name])
-    if isinstance(kw.get("light_settings"), Mapping):
-        kw["light_settings"] = messaging.LightSettings(
-            **_fields(
-                kw["light_settings"], messaging.LightSettings, "android.notification.light_settings"
-            )
-        )
-    return messaging.AndroidNotification(**kw)
-
-
-def _android(src: Mapping[str, Any], moved: Mapping[str, Any]) -> messaging.AndroidConfig:
-    kw = _fields(src, messaging.AndroidConfig, "android")
-    if isinstance(kw.get("priority"), str):
-        kw["priority"] = kw["priority"].lower()
-    if "ttl" in kw:
-        kw["ttl"] = _seconds(kw["ttl"])
-    notification = {**moved, **(kw.get("notification") or {})}
-    if notification:
-        kw["notification"] = _android_notification(notification)
-    if isinstance(kw.get("fcm_options"), Mapping):
-        kw["fcm_options"] = messaging.AndroidFCMOptions(
-            **_fields(kw["fcm_options"], messaging.AndroidFCMOptions, "android.fcm_options")
-        )
-    return messaging.AndroidConfig(**kw)
-
-
-def _aps(src: Mapping[str, Any]) -> messaging.Aps:
-    kw = _fields(src, messaging.Aps, "apns.payload.aps", rest="custom_data")
-    alert = kw.get("alert")
-    if isinstance(alert, Mapping):
-        a = _fields(alert, messaging.ApsAlert, "apns.payload.aps.alert", rest="custom_data")
-        for name in ("loc_args", "title_loc_args"):
-            if name in a:
-                a[name] = _list(a[name])
-        kw["alert"] = messaging.ApsAlert(**a)
-    if isinstance(kw.get("sound"), Mapping):
-        kw["sound"] = messaging.CriticalSound(
-            **_fields(kw["sound"], messaging.CriticalSound, "apns.payload.aps.sound")
-        )
-    for name in ("content_available", "mutable_content"):
-        if name in kw:
-            kw[name] = bool(kw[name])
-    return messaging.Aps(**kw)
-
-
-def _apns(src: Mapping[str, Any]) -> messaging.APNSConfig:
-    kw = _fields(src, messaging.APNSConfig, "apns")
-    payload = kw.get("payload")
-    if isinstance(payload, Mapping):
-        custom = {k: v for k, v in payload.items() if k != "aps"}
-        kw["payload"] = messaging.APNSPayload(aps=_aps(payload.get("aps") or {}), **custom)
-    if isinstance(kw.get("fcm_options"), Mapping):
-        kw["fcm_options"] = messaging.APNSFCMOptions(
-            **_fields(kw["fcm_options"], messaging.APNSFCMOptions, "apns.fcm_options")
-        )
-    return messaging.APNSConfig(**kw)
-
-
-def _webpush(src: Mapping[str, Any]) -> messaging.WebpushConfig:
-    kw = _fields(src, messaging.WebpushConfig, "webpush")
-    note = kw.get("notification")
-    if isinstance(note, Mapping):
-        n = _fields(
-            note,
-            messaging.WebpushNotification,
-            "webpush.notification",
-            {"dir": "direction", "lang": "language", "timestamp": "timestamp_millis"},
-            rest="custom_data",
-        )
-        if "actions" in n:
-            n["actions"] = [messaging.WebpushNotificationAction(**a) for a in n["actions"]]
-        kw["notification"] = messaging.WebpushNotification(**n)
-    if isinstance(kw.get("fcm_options"), Mapping):
-        kw["fcm_options"] = messaging.WebpushFCMOptions(
-            **_fields(kw["fcm_options"], messaging.WebpushFCMOptions, "webpush.fcm_options")
-        )
-    return messaging.WebpushConfig(**kw)
-
-
 def build_message(token: str, req: FcmRequest) -> messaging.Message:
-    """An :class:`FcmRequest` (FCM v1 JSON blocks) as a firebase-admin ``Message`` for ``token``.
-
-    The top-level ``notification`` keeps ``title``, ``body`` and ``image``; other keys there
-    (``body_loc_key``, ``body_loc_args``...) exist in v1 only under ``android.notification`` and
-    are moved there. Raises ValueError for unknown fields.
-    """
-    top = dict(req.notification or {})
-    notification = {k: top.pop(k) for k in ("title", "body", "image") if k in top}
-    android = dict(req.android or {})
+    """The firebase-admin ``Message`` to ``token`` for a request :mod:`bridge.push.fcm_layout` laid
+    out. Each of its blocks names its fields as the firebase-admin class of that block does
+    (``Notification``, ``AndroidConfig`` with ``AndroidNotification``, ``WebpushConfig`` with
+    ``WebpushNotification``), so each becomes one of them as it is; a field the class does not
+    have raises TypeError."""
+    android = webpush = None
+    if req.android is not None:
+        note = req.android.get("notification")
+        android = messaging.AndroidConfig(
+            **{**req.android, "notification": _part(messaging.AndroidNotification, note)}
+        )
+    if req.webpush is not None:
+        note = req.webpush.get("notification")
+        webpush = messaging.WebpushConfig(
+            **{**req.webpush, "notification": _part(messaging.WebpushNotification, note)}
+        )
     message = messaging.Message(
-        data=dict(req.data),
-        notification=messaging.Notification(**notification) if notification else None,
-        android=_android(android, top) if android or top else None,
-        apns=_apns(req.apns) if req.apns else None,
-        webpush=_webpush(req.webpush) if req.webpush else None,
+        data=req.data,
+        notification=_part(messaging.Notification, req.notification),
+        android=android,
+        webpush=webpush,
     )
     # Apps hand us FCM registration tokens, not installation ids (``fid``); firebase-admin 7
     # warns on ``Message(token=...)`` at every construction, so set the attribute it encodes.
     message.token = token
     return message
+
+
+def _part(cls: Callable[..., _T], fields: Mapping[str, Any] | None) -> _T | None:
+    return None if fields is None else cls(**fields)
 
 
 # ---------------------------------------------------------------------- HTTP plumbing
@@ -399,9 +252,7 @@ class FcmProvider:
         self._batch_delay = batch_delay
         self._max_batch = max_batch
         self._refresh_margin = max(refresh_margin, REFRESH_MARGIN)
-        self._config_log_interval = config_log_interval
-        self._config_logged: dict[str, float] = {}
-        self._config_unlogged: dict[str, int] = {}
+        self._config_errors = ConfigErrors(logger, config_log_interval)
         self._credential = cert.get_credential()
         self._session = requests.Session()
         self._token_request = _TokenRequest(
@@ -544,26 +395,16 @@ class FcmProvider:
             # FCM refused our access token: fetch a new one before the next batch.
             self._stale = True
         result = result_for_error(exc, token)
-        if isinstance(result, Failed) and result.reason.split(":")[0] in CONFIG_ERRORS:
-            self._config_error(result.reason.split(":")[0])
+        reason = result.reason.split(":")[0] if isinstance(result, Failed) else ""
+        if reason in CONFIG_ERRORS:
+            self._config_errors.report(
+                reason,
+                "FCM refuses pushes with %s: %s (project %s).",
+                reason,
+                CONFIG_ERRORS[reason],
+                self.project_id,
+            )
         return result
-
-    def _config_error(self, reason: str) -> None:
-        """Say loudly that the configuration is wrong, once per interval (not once per push)."""
-        now = time.monotonic()
-        self._config_unlogged[reason] = self._config_unlogged.get(reason, 0) + 1
-        last = self._config_logged.get(reason)
-        if last is not None and now - last < self._config_log_interval:
-            return
-        self._config_logged[reason] = now
-        logger.error(
-            "FCM refuses pushes with %s: %s (project %s). These pushes fail; no registration is "
-            "disabled. %d such answer(s) since the last line like this one.",
-            reason,
-            CONFIG_ERRORS[reason],
-            self.project_id,
-            self._config_unlogged.pop(reason),
-        )
 
     # ------------------------------------------------------------------ OAuth token
 

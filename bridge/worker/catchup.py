@@ -65,7 +65,7 @@ class CatchUp:
         if rt.backfilling:
             log.debug("backfill busy", extra={"device_id": device.device_id})
             return False
-        if device.effective_state(now) is AppState.FOREGROUND or not device.active_registrations:
+        if device.in_foreground(now) or not device.active_registrations:
             log.debug("no backfill", extra={"device_id": device.device_id})
             return True
         now_ms = int(now * 1000)

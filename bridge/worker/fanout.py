@@ -9,20 +9,32 @@
    registration the event is routed to, and hand each to the dispatcher, held in the device's
    ``pending`` (its checkpoint waits) until :class:`~bridge.worker.results.ResultSink` hears
    the provider's answer.
+
+:func:`fan_out` is that route → compose → push id step, the one every push takes: live events,
+backfilled ones and their summaries, silent badge updates, and the API's test push.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from bridge import compose
 from bridge.config import Settings
-from bridge.decide import DeviceView, Gap, UserView, apply_mute, decide, remember, route
+from bridge.decide import (
+    DeviceView,
+    Gap,
+    UserView,
+    already_handled,
+    apply_mute,
+    decide,
+    remember,
+    route,
+)
 from bridge.metrics import Metrics
-from bridge.models import ApnsRequest, AppState, Device, Notification, Reason, Registration
+from bridge.models import ApnsRequest, Device, Notification, Reason, Registration
 from bridge.push.dispatcher import Dispatcher
 from bridge.upstream.protocol import (
     CancelInvitation,
@@ -34,7 +46,6 @@ from bridge.upstream.protocol import (
 )
 from bridge.worker.backfill import RoomSummary
 from bridge.worker.compose_cache import ComposeCache
-from bridge.worker.dedupe import message_time
 from bridge.worker.history import ProviderResult
 from bridge.worker.state import DeviceRuntime, UserState
 from bridge.worker.users import UserFacts
@@ -135,58 +146,63 @@ class Fanout:
         device = rt.device
         now = time.time()
         if isinstance(payload, Message) and user.badge is not None:
-            # One unread per message for the user, however many of their devices push it.
-            at_ms = message_time(payload)
-            if not user.counted.seen(payload.room, payload.id, at_ms, gap=gap):
-                user.counted.add(payload.room, payload.id, at_ms, gap=gap)
+            # One unread per message for the user, however many of their devices push it: the
+            # user's count follows the same rule as a device's dedupe.
+            if not already_handled("chat message", payload, user.counted, gap):
+                remember("chat message", payload, user.counted, gap)
                 user.badge += 1
-        kind = "message" if isinstance(payload, Message) else "invitation"
-        mtype = payload.messageType if isinstance(payload, Message) else None
-        regs = {r.type: r for r in device.active_registrations}
-        for push_type in route(kind, mtype, regs):
-            reg = regs[push_type]
-            target = self._target(device, reg, user.badge)
-            try:
-                if isinstance(payload, Message):
-                    ident = payload.id
-                    req = self._compose.message(payload, target, now=now, room_name=user.room_names.get(payload.room))
-                else:
-                    ident = payload.room.id
-                    req = compose.compose_invitation(payload, target, now=now)
-            except compose.ComposeError as exc:
-                log.warning("notification cannot be composed", extra={"device_id": device.device_id, "error": str(exc)})
-                rt.history.add_result(ticket, ProviderResult.local(reg.type, "failed", "compose_error"))
-                continue
-            n = notification_for(device.device_id, reg, kind, ident, req, received_at)
-            rt.history.add_push(ticket, n.push_id)
-            if isinstance(payload, Message):
-                rt.pending[n.push_id] = payload.version_ms
-            if not await self._dispatcher.submit(n):
-                rt.pending.pop(n.push_id, None)
-                rt.history.add_result(ticket, ProviderResult.local(reg.type, "duplicate"))
+        if isinstance(payload, Message):
+            msg, room_name = payload, user.room_names.get(payload.room)
+            kind, ident, mtype, hold = "message", msg.id, msg.messageType, msg.version_ms
+
+            def compose_for(target: compose.Target) -> compose.Request:
+                return self._compose.message(msg, target, now=now, room_name=room_name)
+
+        else:
+            inv = payload
+            kind, ident, mtype, hold = "invitation", inv.room.id, None, None
+
+            def compose_for(target: compose.Target) -> compose.Request:
+                return compose.compose_invitation(inv, target, now=now)
+
+        pushes = fan_out(
+            self._settings, device, kind, ident, compose_for,
+            badge=user.badge, message_type=mtype, received_at=received_at,
+        )  # fmt: skip
+        for n in pushes:
+            if isinstance(n, ProviderResult):
+                rt.history.add_result(ticket, n)
+            elif not await self._submit(rt, ticket, n, hold):
+                rt.history.add_result(ticket, ProviderResult.local(n.push_type, "duplicate"))
 
     async def push_summary(self, rt: DeviceRuntime, user: UserState, summary: RoomSummary) -> None:
         """Send one "N new messages" push standing in for a room's missed messages (backfill)."""
         device = rt.device
         now = time.time()
+        newest = summary.newest
         ticket = rt.history.add(
-            now, "summary", summary.newest.id, summary.room_id, pushed=True,
+            now, "summary", newest.id, summary.room_id, pushed=True,
             reason=Reason.PUSHED.value, source="backfill",
         )
-        newest = summary.newest
-        rt.seen.add(newest.room, newest.id, message_time(newest))
-        rt.note_message(summary.newest)
-        regs = {r.type: r for r in device.active_registrations}
-        for push_type in route("summary", None, regs):
-            reg = regs[push_type]
-            target = self._target(device, reg, user.badge)
-            req = compose.compose_summary(summary.room_id, summary.count, target, now=now, room_name=summary.room_name or user.room_names.get(summary.room_id))
-            ident = f"{summary.room_id}:{summary.newest.id}"
-            n = notification_for(device.device_id, reg, "summary", ident, req, time.monotonic())
-            rt.history.add_push(ticket, n.push_id)
-            rt.pending[n.push_id] = summary.newest.version_ms
-            if not await self._dispatcher.submit(n):
-                rt.pending.pop(n.push_id, None)
+        remember("chat message", newest, rt.seen)
+        rt.note_message(newest)
+        room_name = summary.room_name or user.room_names.get(summary.room_id)
+
+        def compose_for(target: compose.Target) -> compose.Request:
+            return compose.compose_summary(
+                summary.room_id, summary.count, target, now=now, room_name=room_name
+            )
+
+        ident = f"{summary.room_id}:{newest.id}"
+        pushes = fan_out(
+            self._settings, device, "summary", ident, compose_for,
+            badge=user.badge, received_at=time.monotonic(),
+        )  # fmt: skip
+        for n in pushes:
+            if isinstance(n, ProviderResult):
+                rt.history.add_result(ticket, n)
+            else:
+                await self._submit(rt, ticket, n, newest.version_ms)
 
     async def read_elsewhere(self, rt: DeviceRuntime) -> None:
         """The user read a room on another device: refresh the badge and update it silently."""
@@ -195,29 +211,76 @@ class Fanout:
         if badge is None:
             return
         # Each device hears the lastRead itself; a foreground app sets its own badge.
-        if device.effective_state(time.time()) is AppState.FOREGROUND:
-            return
         now = time.time()
-        regs = {r.type: r for r in device.active_registrations}
-        for push_type in route("badge", None, regs):
-            reg = regs[push_type]
-            target = compose.Target(push_type=reg.type, locale=device.locale, badge=badge)
-            req = compose.compose_badge(target, badge, now=now)
-            n = notification_for(
-                device.device_id, reg, "badge", f"{badge}:{now:.3f}", req, time.monotonic()
-            )
-            await self._dispatcher.submit(n)
+        if device.in_foreground(now):
+            return
 
-    def _target(self, device: Device, reg: Registration, badge: int | None) -> compose.Target:
-        """How a push to this registration reads: its locale, badge and privacy mode."""
-        return compose.Target(
-            push_type=reg.type,
-            locale=device.locale,
-            badge=badge,
-            content=reg.content or self._settings.push_content,
-            content_key=reg.content_key,
-            hidden_room_name=self._settings.push_hidden_room_name,
-        )
+        def compose_for(target: compose.Target) -> compose.Request:
+            return compose.compose_badge(target, badge, now=now)
+
+        pushes = fan_out(
+            self._settings, device, "badge", f"{badge}:{now:.3f}", compose_for,
+            badge=badge, received_at=time.monotonic(),
+        )  # fmt: skip
+        for n in pushes:
+            if isinstance(n, Notification):
+                await self._dispatcher.submit(n)
+
+    async def _submit(self, rt: DeviceRuntime, ticket: int, n: Notification, hold: int | None) -> bool:
+        """Hand ``n``, a push of the event ``ticket``, to the dispatcher; ``hold`` is the message
+        version the device's checkpoint waits at until the answer comes (None: none). False when
+        the dispatcher refuses the push id (already claimed: a duplicate)."""
+        rt.history.add_push(ticket, n.push_id)
+        if hold is not None:
+            rt.pending[n.push_id] = hold
+        if await self._dispatcher.submit(n):
+            return True
+        rt.pending.pop(n.push_id, None)
+        return False
+
+
+def target_for(
+    settings: Settings, device: Device, reg: Registration, badge: int | None = None
+) -> compose.Target:
+    """How a push to this registration reads: the device's language, the badge, the privacy mode."""
+    return compose.Target(
+        push_type=reg.type,
+        locale=device.locale,
+        badge=badge,
+        content=reg.content or settings.push_content,
+        content_key=reg.content_key,
+        hidden_room_name=settings.push_hidden_room_name,
+    )
+
+
+def fan_out(
+    settings: Settings,
+    device: Device,
+    kind: str,
+    ident: str,
+    compose_for: Callable[[compose.Target], compose.Request],
+    *,
+    badge: int | None = None,
+    message_type: str | None = None,
+    received_at: float,
+) -> Iterator[Notification | ProviderResult]:
+    """One push of a ``kind`` of push (``ident``: its message or room) per active registration
+    of the device that it is routed to (:func:`bridge.decide.route`): composed for the
+    registration's :func:`target_for` by ``compose_for``, with its push id.
+
+    A push that cannot be composed (:class:`~bridge.compose.ComposeError`) is logged and comes
+    as its ``failed``/``compose_error`` result instead.
+    """
+    regs = {r.type: r for r in device.active_registrations}
+    for push_type in route(kind, message_type, regs):
+        reg = regs[push_type]
+        try:
+            req = compose_for(target_for(settings, device, reg, badge))
+        except compose.ComposeError as exc:
+            log.warning("notification cannot be composed", extra={"device_id": device.device_id, "error": str(exc)})
+            yield ProviderResult.local(reg.type, "failed", "compose_error")
+            continue
+        yield notification_for(device.device_id, reg, kind, ident, req, received_at)
 
 
 def notification_for(
@@ -225,13 +288,13 @@ def notification_for(
     reg: Registration,
     kind: str,
     ident: str,
-    req: Any,
+    req: compose.Request,
     received_at: float,
 ) -> Notification:
     """One push of a composed request to one registration; its id is stable per (device, type, kind, ident).
 
-    The request gets the id as ``pushId`` (DESIGN §2), which the app sends back to acknowledge
-    the push; compose keeps room for it within the size limits.
+    The request gets the id as ``pushId``, which the app sends back to acknowledge the push
+    (docs/api.md); compose keeps room for it within the size limits.
     """
     push_id = compose.push_id(f"{device_id}/{reg.type}", kind, ident)
     req = compose.with_push_id(req, push_id)

@@ -16,7 +16,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from bridge.push.provider import Delivered, Retry, SendResult, TokenInvalid
+from bridge.push.provider import Delivered, SendResult, outcome_of
 from bridge.upstream.protocol import EVENTS
 
 #: Events kept per device.
@@ -60,15 +60,11 @@ class ProviderResult(NamedTuple):
         """A provider's answer; ``at`` is the wall-clock time, ``latency`` is rounded to 0.1 ms
         (None: not shown, as for a test push answered at once)."""
         if isinstance(result, Delivered):
-            outcome, key, detail = "delivered", "id", result.provider_id
-        elif isinstance(result, Retry):
-            outcome, key, detail = "retry", "reason", result.reason
-        elif isinstance(result, TokenInvalid):
-            outcome, key, detail = "token_invalid", "reason", result.reason
+            key, detail = "id", result.provider_id
         else:
-            outcome, key, detail = "failed", "reason", result.reason
+            key, detail = "reason", result.reason
         return cls(
-            push_type, outcome, provider=provider, at=at, detail_key=key, detail=detail,
+            push_type, outcome_of(result), provider=provider, at=at, detail_key=key, detail=detail,
             latency=None if latency is None else round(latency, 4),
         )
 

@@ -36,7 +36,8 @@ PUSH_TIMEOUT = 0.5
 
 
 def note(token: str, **fcm: Any) -> Notification:
-    """A notification shaped like compose.py's: string data, an android and a notification block."""
+    """A notification shaped as bridge.push.fcm_layout lays one out: string data, an android and
+    a notification block."""
     req: dict[str, Any] = {
         "data": {
             "title": "Bob",
@@ -46,13 +47,13 @@ def note(token: str, **fcm: Any) -> Notification:
             "loc-args": '["Bob", "hello"]',
             "type": "message:room-1",
         },
-        "android": {"collapse_key": "room-1", "priority": "high", "ttl": "3600s"},
-        "notification": {
-            "title": "Bob",
-            "body": "hello",
-            "body_loc_key": "im_loc_text",
-            "body_loc_args": '["Bob", "hello"]',
+        "android": {
+            "collapse_key": "room-1",
+            "priority": "high",
+            "ttl": 3600,
+            "notification": {"body_loc_key": "im_loc_text", "body_loc_args": ["Bob", "hello"]},
         },
+        "notification": {"title": "Bob", "body": "hello"},
     }
     req.update(fcm)
     return Notification(
@@ -113,7 +114,7 @@ async def test_delivered_and_what_fcm_received(sim: FcmSim, provider: FcmProvide
     assert msg["android"]["collapse_key"] == "room-1"
     assert msg["android"]["priority"] == "high"
     assert msg["android"]["ttl"] == "3600s"
-    # v1 has loc keys only under android.notification: the provider moved them there.
+    # v1 has loc keys only under android.notification.
     assert msg["android"]["notification"] == {
         "body_loc_key": "im_loc_text",
         "body_loc_args": ["Bob", "hello"],
@@ -121,46 +122,13 @@ async def test_delivered_and_what_fcm_received(sim: FcmSim, provider: FcmProvide
     assert msg["notification"] == {"title": "Bob", "body": "hello"}
 
 
-async def test_apns_and_webpush_blocks_reach_fcm(sim: FcmSim, provider: FcmProvider) -> None:
-    apns = {
-        "headers": {"apns-priority": "10", "apns-collapse-id": "room-1"},
-        "payload": {
-            "aps": {
-                "alert": {
-                    "title": "Bob",
-                    "body": "hello",
-                    "loc-key": "im_loc_text",
-                    "loc-args": ["Bob", "hello"],
-                },
-                "badge": 3,
-                "sound": "default",
-                "mutable-content": 1,
-                "thread-id": "room-1",
-            },
-            "type": "message:room-1",
-        },
-    }
-    webpush = {
-        "headers": {"TTL": "3600"},
-        "notification": {"title": "Bob", "body": "hello", "requireInteraction": True, "lang": "en"},
-        "fcm_options": {"link": "https://chat.example/rooms/room-1"},
-    }
-    assert isinstance(await provider.send(note("tok-ios", apns=apns, webpush=webpush)), Delivered)
+async def test_the_webpush_block_reaches_fcm(sim: FcmSim, provider: FcmProvider) -> None:
+    webpush = {"headers": {"TTL": "3600", "Urgency": "high"}, "notification": {"tag": "room-1"}}
+    assert isinstance(await provider.send(note("tok-web", android=None, webpush=webpush)), Delivered)
 
     msg = sim.received[-1].message
-    aps = msg["apns"]["payload"]["aps"]
-    assert aps["alert"] == {
-        "title": "Bob",
-        "body": "hello",
-        "loc-key": "im_loc_text",
-        "loc-args": ["Bob", "hello"],
-    }
-    assert aps["mutable-content"] == 1 and aps["thread-id"] == "room-1" and aps["badge"] == 3
-    assert msg["apns"]["payload"]["type"] == "message:room-1"
-    assert msg["apns"]["headers"]["apns-collapse-id"] == "room-1"
-    assert msg["webpush"]["notification"]["requireInteraction"] is True
-    assert msg["webpush"]["notification"]["lang"] == "en"
-    assert msg["webpush"]["fcm_options"]["link"] == "https://chat.example/rooms/room-1"
+    assert msg["webpush"] == webpush and "android" not in msg
+    assert msg["notification"] == {"title": "Bob", "body": "hello"}
 
 
 async def test_oauth_token_fetched_from_sim_before_first_send_and_reused(
@@ -326,7 +294,7 @@ async def test_bad_message_fails_locally_without_a_request(
     ]
 
     assert all(isinstance(r, Failed) for r in results), results
-    assert isinstance(results[1], Failed) and "android.no_such_field" in results[1].reason
+    assert isinstance(results[1], Failed) and "no_such_field" in results[1].reason
     assert sim.received == []
 
 

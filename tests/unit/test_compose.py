@@ -9,31 +9,29 @@ from typing import Any
 
 import pytest
 
-from bridge import _texts
+from bridge import l10n
 from bridge.compose import (
-    APNS_LIMIT,
-    APNS_VOIP_LIMIT,
     ELLIPSIS,
-    FCM_LIMIT,
-    FCM_RESERVE,
     KNOWN_TYPES,
     NAME_MAX,
     TEXT_TYPES,
     ComposeError,
     Target,
-    apns_id,
     compose_badge,
     compose_invitation,
     compose_message,
     compose_summary,
     compose_test,
-    fcm_size,
     fits,
     loc_key_for,
     push_id,
     with_push_id,
 )
 from bridge.models import ApnsRequest, FcmRequest
+from bridge.push.apns_layout import APNS_LIMIT, APNS_VOIP_LIMIT, apns_id
+from bridge.push.apns_layout import topic as voip_topic
+from bridge.push.fcm_layout import FCM_LIMIT, FCM_RESERVE
+from bridge.push.fcm_layout import size as fcm_size
 from bridge.upstream.protocol import Invitation, Message
 
 NOW = 1_700_000_000.5
@@ -97,7 +95,7 @@ def size_ok(req: ApnsRequest | FcmRequest) -> bool:
 
 def test_golden_ios_text_direct_en() -> None:
     m = msg(messageTimeMS=1700000000000)
-    req = compose_message(m, Target("ios", "en-US", badge=2, topic="com.example.app"), now=NOW)
+    req = compose_message(m, Target("ios", "en-US", badge=2), now=NOW)
     payload = (
         '{"_id":"m1","room":"r1","messageType":"text","message":"Hello",'
         '"sender":{"_id":"u1","nickname":"Alice"},"messageTimeMS":1700000000000}'
@@ -126,7 +124,6 @@ def test_golden_ios_text_direct_en() -> None:
         },
         push_type="alert",
         priority=10,
-        topic="com.example.app",
         collapse_id="m1",
         expiration=1_700_003_600,
         thread_id="r1",
@@ -195,7 +192,7 @@ def test_golden_voip_call_ko() -> None:
     m = msg(
         messageType="waitingCall", message={"call": 1}, sender={"_id": "u2", "nickname": "민수"}
     )
-    req = compose_message(m, Target("ios-voip", "ko-KR", badge=1, topic="com.example.app"), now=NOW)
+    req = compose_message(m, Target("ios-voip", "ko-KR", badge=1), now=NOW)
     body = "민수님에게서 전화가 왔습니다"
     assert req == ApnsRequest(
         payload={
@@ -220,7 +217,6 @@ def test_golden_voip_call_ko() -> None:
         },
         push_type="voip",
         priority=10,
-        topic="com.example.app.voip",
         collapse_id="m1",
         expiration=1_700_003_600,
         thread_id="r1",
@@ -348,7 +344,7 @@ def test_golden_summary_and_test() -> None:
     ],
 )
 def test_resolve_locale(locale: str | None, lang: str) -> None:
-    assert _texts.resolve_locale(locale) == lang
+    assert l10n.resolve_locale(locale) == lang
 
 
 BODIES = {
@@ -395,9 +391,9 @@ def test_body_per_type_and_locale(mtype: str, i: int) -> None:
 
 
 def test_every_described_type_has_every_language() -> None:
-    for lang in _texts.LANGS:
-        table = _texts.TABLES[lang]
-        missing = set(_texts.TABLES["en"]) - set(table) - {"summary_one"}
+    for lang in l10n.LANGS:
+        table = l10n.TABLES[lang]
+        missing = set(l10n.TABLES["en"]) - set(table) - {"summary_one"}
         assert not missing, (lang, missing)
         for key, template in table.items():
             assert set(re.findall(r"{(\w+)}", template)) <= {"name", "text", "room", "count"}, key
@@ -642,9 +638,17 @@ def test_expiration_and_ttl() -> None:
 
 
 def test_voip_topic_suffix() -> None:
-    for topic, expected in [(None, None), ("com.a", "com.a.voip"), ("com.a.voip", "com.a.voip")]:
-        req = compose_message(msg(), Target("ios-voip", topic=topic), now=NOW)
-        assert isinstance(req, ApnsRequest) and req.topic == expected
+    """PushKit pushes go to the app's ``.voip`` topic: the APNs layout's rule, which the provider
+    applies to its topic (a composed request names none)."""
+    for push_type, app_topic, expected in [
+        ("voip", "com.a", "com.a.voip"),
+        ("voip", "com.a.voip", "com.a.voip"),
+        ("alert", "com.a", "com.a"),
+        ("background", "com.a", "com.a"),
+    ]:
+        assert voip_topic(push_type, app_topic) == expected
+    req = compose_message(msg(), Target("ios-voip"), now=NOW)
+    assert isinstance(req, ApnsRequest) and req.topic is None
 
 
 def test_push_id_and_apns_id() -> None:

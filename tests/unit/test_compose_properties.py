@@ -9,10 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.compose import (
-    APNS_LIMIT,
-    APNS_VOIP_LIMIT,
     ELLIPSIS,
-    FCM_LIMIT,
     NAME_MAX,
     Target,
     compose_invitation,
@@ -22,6 +19,8 @@ from bridge.compose import (
     with_push_id,
 )
 from bridge.models import ApnsRequest, FcmRequest, PushContent
+from bridge.push.apns_layout import APNS_LIMIT, APNS_VOIP_LIMIT
+from bridge.push.fcm_layout import FCM_LIMIT
 from bridge.seal import open_sealed
 from bridge.upstream.protocol import Invitation, Message
 
@@ -104,7 +103,6 @@ def fcm_json(req: FcmRequest) -> bytes:
         "data": req.data,
         "notification": req.notification,
         "android": req.android,
-        "apns": req.apns,
         "webpush": req.webpush,
     }
     present = {k: v for k, v in blocks.items() if v}

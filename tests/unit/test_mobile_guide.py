@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from bridge import _texts, compose
+from bridge import compose, l10n
 from bridge.api.app import create_app
 from bridge.compose import KNOWN_TYPES, TEXT_TYPES, Target, loc_key_for
 from bridge.config import Settings
 from bridge.decide import SILENT_MESSAGE_TYPES
 from bridge.models import PUSH_CONTENTS, ApnsRequest, Notification, PushContent, Registration
+from bridge.push import fcm_layout
 from bridge.seal import open_sealed
 from bridge.upstream.protocol import Invitation, Message
 from bridge.worker.fanout import notification_for
@@ -197,16 +198,7 @@ def _add(out: Composed, n: Notification) -> set[tuple[str, ...]]:
     else:
         req = n.fcm
         assert req is not None
-        message = {
-            name: block
-            for name, block in (
-                ("data", req.data),
-                ("notification", req.notification),
-                ("android", req.android),
-                ("webpush", req.webpush),
-            )
-            if block is not None
-        }
+        message = fcm_layout.blocks(req)
         out.fcm.append(message)
         data = req.data
     if "enc" in data:
@@ -367,18 +359,18 @@ def test_the_strings_are_the_fallback_texts_with_compose_argument_order() -> Non
     for key, text in strings_entries().items():
         assert key in by_key or key in EXTRA_LOC_KEYS, f"{key}: not a key compose sends"
         if key == "im_loc_invitation":
-            want = fmt(_texts.text("en", "invitation"), "name", "room")
+            want = fmt(l10n.text("en", "invitation"), "name", "room")
         elif key == "im_loc_summary":
-            want = fmt(_texts.text("en", "summary"), "count")
+            want = fmt(l10n.text("en", "summary"), "count")
         elif key == "im_loc_test":
-            want = _texts.text("en", "test_body")
+            want = l10n.text("en", "test_body")
         elif by_key[key] in TEXT_TYPES:
-            want = fmt(_texts.text("en", "with_sender"), "name", "text")
+            want = fmt(l10n.text("en", "with_sender"), "name", "text")
         else:
             mtype = by_key[key]
             want = fmt(
-                _texts.text(
-                    "en", f"type.{mtype}" if mtype in _texts.DESCRIBED_TYPES else "type._generic"
+                l10n.text(
+                    "en", f"type.{mtype}" if mtype in l10n.DESCRIBED_TYPES else "type._generic"
                 ),
                 "name",
             )

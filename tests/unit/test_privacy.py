@@ -14,21 +14,19 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bridge import _texts, compose
+from bridge import compose, l10n
 from bridge.compose import (
-    APNS_LIMIT,
-    APNS_VOIP_LIMIT,
-    FCM_LIMIT,
-    FCM_RESERVE,
     Target,
     compose_invitation,
     compose_message,
     compose_summary,
     compose_test,
-    fcm_size,
 )
 from bridge.config import Settings
 from bridge.models import ApnsRequest, FcmRequest
+from bridge.push.apns_layout import APNS_LIMIT, APNS_VOIP_LIMIT
+from bridge.push.fcm_layout import FCM_LIMIT, FCM_RESERVE
+from bridge.push.fcm_layout import size as fcm_size
 from bridge.seal import OVERHEAD, Sealer, SealError, open_sealed, seal, sealed_length
 from bridge.upstream.protocol import Invitation, Message
 
@@ -125,7 +123,7 @@ def test_vector_matches_the_documented_one() -> None:
 
 def test_the_documented_generic_alerts_are_the_ones_sent() -> None:
     doc = DOC.read_text(encoding="utf-8")
-    for lang, table in _texts.TABLES.items():
+    for lang, table in l10n.TABLES.items():
         for kind in ("new_message", "new_invitation"):
             assert f"{table[kind + '_title']} / {table[kind + '_body']}" in doc, (lang, kind)
         assert f"{table['test_title']} / {table['test_body']}" in doc, lang
@@ -231,7 +229,7 @@ def test_hidden_room_name_only_when_configured() -> None:
 
 def test_hidden_is_localised_for_every_locale_and_type() -> None:
     for locale, lang in LOCALES.items():
-        table = _texts.TABLES[lang]
+        table = l10n.TABLES[lang]
         for push_type in PUSH_TYPES:
             t = Target(push_type, locale, content="hidden")
             for mtype in ("text", "image", "joinRoom", "holo-gram", ""):
@@ -242,7 +240,7 @@ def test_hidden_is_localised_for_every_locale_and_type() -> None:
             data = data_of(compose_invitation(inv(), t, now=NOW))
             assert (data["title"], data["body"]) == (table["new_invitation_title"], table["new_invitation_body"])
             data = data_of(compose_summary("r1", 4, t, now=NOW, room_name=ROOM))
-            assert (data["title"], data["body"]) == (table["summary_title"], _texts.summary(lang, 4))
+            assert (data["title"], data["body"]) == (table["summary_title"], l10n.summary(lang, 4))
 
 
 def test_hidden_test_push_is_the_test_alert_without_loc_keys() -> None:

@@ -1,4 +1,4 @@
-"""Fallback notification text in the five languages the bridge speaks (private to compose).
+"""Fallback notification text in the five languages the bridge speaks (used by compose).
 
 Apps that ship ``im_loc_*`` strings render their own text from ``loc-key``/``loc-args``; these
 tables give everybody else a sensible plain ``title``/``body``. A language is one of ``en``,
