@@ -325,7 +325,7 @@ class FcmProvider:
         if notification.fcm is None:
             return Failed("no FCM payload composed")
         if self._closed:
-            return Retry("provider closed")
+            return Retry("provider_closed")
         token = notification.token
         try:
             message = build_message(token, notification.fcm)
@@ -374,7 +374,7 @@ class FcmProvider:
             logger.warning("FCM OAuth token refresh failed: %s: %s", type(exc).__name__, exc)
             results = [Retry("oauth_refresh_failed")] * len(batch)
         except asyncio.CancelledError:
-            self._settle(batch, [Retry("provider closed")] * len(batch))
+            self._settle(batch, [Retry("provider_closed")] * len(batch))
             raise
         except Exception as exc:  # noqa: BLE001 - send_each_async wraps transport trouble; map, never raise
             results = [self._result(exc, p.token) for p in batch]
@@ -456,7 +456,7 @@ class FcmProvider:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        self._settle(self._pending, [Retry("provider closed")] * len(self._pending))
+        self._settle(self._pending, [Retry("provider_closed")] * len(self._pending))
         self._pending.clear()
         tasks = list(self._tasks)
         for task in tasks:
