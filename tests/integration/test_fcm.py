@@ -403,7 +403,7 @@ async def test_from_settings_and_close(sim: FcmSim, tmp_path: Path) -> None:
     for name in (p.app_name, other.app_name):
         with pytest.raises(ValueError):
             firebase_admin.get_app(name)
-    assert await p.send(note("tok-1")) == Retry("provider closed")
+    assert await p.send(note("tok-1")) == Retry("provider_closed")
 
 
 async def test_close_answers_queued_sends(sim: FcmSim, tmp_path: Path) -> None:
@@ -411,7 +411,7 @@ async def test_close_answers_queued_sends(sim: FcmSim, tmp_path: Path) -> None:
     task = asyncio.ensure_future(p.send(note("tok-1")))
     await wait_for(lambda: bool(p._pending))  # queued, waiting for the flush timer
     await p.close()
-    assert await asyncio.wait_for(task, 2) == Retry("provider closed")
+    assert await asyncio.wait_for(task, 2) == Retry("provider_closed")
 
 
 async def test_tokens_never_logged_or_in_results(
