@@ -40,27 +40,31 @@ def make_providers(settings: Settings) -> tuple[dict[str, Provider], list[str]]:
     providers: dict[str, Provider] = {}
     problems: list[str] = []
     fallback = settings.push_provider_fallback == "log"
-    if settings.apns_configured:
+    for name, configured, missing in (
+        ("apns", settings.apns_configured, "APNs has no credentials (BRIDGE_APNS_KEY_FILE or BRIDGE_APNS_CERT_FILE)"),
+        ("fcm", settings.fcm_configured, "FCM has no credentials (BRIDGE_FCM_CREDENTIALS_FILE)"),
+    ):
+        if configured:
+            providers[name] = _configured_provider(name, settings)
+        elif fallback:
+            from bridge.push.log import LogProvider
+
+            providers[name] = LogProvider()
+        else:
+            problems.append(missing)
+    return providers, problems
+
+
+def _configured_provider(name: str, settings: Settings) -> Provider:
+    # Imported only when configured: a bridge without APNs never loads aioapns (nor FCM's
+    # firebase-admin), which keeps start-up and memory small.
+    if name == "apns":
         from bridge.push.apns import ApnsProvider
 
-        providers["apns"] = ApnsProvider.from_settings(settings)
-    elif fallback:
-        from bridge.push.log import LogProvider
+        return ApnsProvider.from_settings(settings)
+    from bridge.push.fcm import FcmProvider
 
-        providers["apns"] = LogProvider()
-    else:
-        problems.append("APNs has no credentials (BRIDGE_APNS_KEY_FILE or BRIDGE_APNS_CERT_FILE)")
-    if settings.fcm_configured:
-        from bridge.push.fcm import FcmProvider
-
-        providers["fcm"] = FcmProvider.from_settings(settings)
-    elif fallback:
-        from bridge.push.log import LogProvider
-
-        providers["fcm"] = LogProvider()
-    else:
-        problems.append("FCM has no credentials (BRIDGE_FCM_CREDENTIALS_FILE)")
-    return providers, problems
+    return FcmProvider.from_settings(settings)
 
 
 class Bridge:

@@ -135,6 +135,13 @@ def _room_id(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _required_room(v: Any, event: str) -> str:
+    rid = _room_id(v)
+    if not rid:
+        raise ValueError(f"{event} has no room")
+    return rid
+
+
 class Message(_Tolerant):
     """A ``chat message`` payload. Unknown fields are kept (``model_extra``) for the push payload."""
 
@@ -161,10 +168,7 @@ class Message(_Tolerant):
     @field_validator("room", mode="before")
     @classmethod
     def _room(cls, v: Any) -> str:
-        rid = _room_id(v)
-        if not rid:
-            raise ValueError("message has no room")
-        return rid
+        return _required_room(v, "message")
 
     @field_validator("messageType", mode="before")
     @classmethod
@@ -296,10 +300,7 @@ class RoomPref(_Tolerant):
     @field_validator("room", mode="before")
     @classmethod
     def _room(cls, v: Any) -> str:
-        rid = _room_id(v)
-        if not rid:
-            raise ValueError("roomPref has no room")
-        return rid
+        return _required_room(v, "roomPref")
 
 
 class CancelInvitation(_Tolerant):
@@ -308,10 +309,7 @@ class CancelInvitation(_Tolerant):
     @field_validator("room", mode="before")
     @classmethod
     def _room(cls, v: Any) -> str:
-        rid = _room_id(v)
-        if not rid:
-            raise ValueError("cancelInvitation has no room")
-        return rid
+        return _required_room(v, "cancelInvitation")
 
 
 class RoomEvent(_Tolerant):
