@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.machine import raise_nofile
+from bridge._poll import wait_until as poll_until
 
 
 class BenchError(RuntimeError):
@@ -70,12 +71,7 @@ async def wait_until(
     interval: float = 0.25,
 ) -> float:
     """Poll ``cond`` until true; returns the seconds it took, raises :class:`BenchError` at ``timeout``."""
-    t0 = time.monotonic()
-    while not await cond():
-        if time.monotonic() - t0 > timeout:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(interval)
-    return time.monotonic() - t0
+    return await poll_until(cond, timeout, what, interval=interval, error=BenchError)
 
 
 class Child:
