@@ -1,9 +1,9 @@
-"""Paging through devices: how a store cuts a page of ``list_devices``, and how callers walk
-every page."""
+"""Paging through devices: how a store cuts a page of ``list_devices``, how callers walk every
+page, and how long id lists are cut into batches (one round trip or statement each)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TypeVar
 
 from bridge.models import Device
@@ -38,3 +38,9 @@ async def walk_devices(store: Store, page: int = WALK_PAGE) -> AsyncIterator[lis
         yield devices
         if cursor is None:
             return
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -46,7 +46,7 @@ from bridge.redis_keys import (
 from bridge.store.base import MAX_ACKS, Change, StoreUnavailable
 from bridge.store.codec import DeviceCodec
 from bridge.store.crypto import TokenCipher, TokenCipherError
-from bridge.store.paging import check_limit, cut_page
+from bridge.store.paging import batches, check_limit, cut_page
 
 #: How long a device's published status and acks live without a new write.
 STATUS_TTL_S = 7 * 86400
@@ -166,7 +166,7 @@ class RedisStore:
             if await r.get(PUSH_TOKEN_INDEXED_KEY) is not None:
                 return
             ids = _texts(await r.zrange(DEVICES_KEY, 0, -1))
-            for chunk in _chunks(ids, 500):
+            for chunk in batches(ids, 500):
                 async with r.pipeline(transaction=False) as pipe:
                     for device_id in chunk:
                         pipe.hget(DEVICE_PREFIX + device_id, "data")
@@ -602,10 +602,6 @@ def _member(device_id: str, push_type: str) -> str:
     """A ``pb:ptok:`` set member (device ids and push types have no spaces)."""
     return f"{device_id} {push_type}"
 
-
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

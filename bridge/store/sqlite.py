@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -22,7 +22,7 @@ from bridge.models import AppState, Device
 from bridge.store.base import MAX_ACKS, Change, StoreUnavailable
 from bridge.store.codec import DeviceCodec
 from bridge.store.crypto import TokenCipher, TokenCipherError
-from bridge.store.paging import check_limit, cut_page
+from bridge.store.paging import batches, check_limit, cut_page
 from bridge.store.sqlite_schema import (
     DEVICE_COLUMNS,
     DEVICE_FIELDS,
@@ -383,7 +383,7 @@ class SqliteStore:
             (*params, limit),
         ).fetchall()
         regs: dict[str, list[tuple[Any, ...]]] = {}
-        for chunk in _chunks([r[0] for r in rows], 500):
+        for chunk in batches([r[0] for r in rows], 500):
             marks = ",".join("?" * len(chunk))
             for reg in conn.execute(
                 f"SELECT device_id, {REGISTRATION_COLUMNS} "
@@ -579,7 +579,3 @@ def _position(position: str) -> int:
     except ValueError:
         raise ValueError(f"not a position of this change feed: {position!r}") from None
 
-
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -22,12 +22,13 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 
 from bridge.redis_keys import LEASE_PREFIX, WORKER_PREFIX, WORKERS_KEY
+from bridge.store.paging import batches
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,6 @@ def ttl_ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-def _chunks(items: Sequence[str], size: int = BATCH) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
 
 class Membership:
     """This worker's heartbeat key, and the list of live workers.
@@ -233,7 +230,7 @@ class Leases:
         """
         ids = sorted(set(device_ids))
         ours: set[str] = set()
-        for chunk in _chunks(ids):
+        for chunk in batches(ids, BATCH):
             keys = [LEASE_PREFIX + d for d in chunk]
             flags = await self._acquire(keys=keys, args=[self.worker_id, self._ttl_ms])
             got = {d for d, ok in zip(chunk, flags, strict=True) if int(ok)}
@@ -250,7 +247,7 @@ class Leases:
         """
         ids = sorted(self.held)
         lost: set[str] = set()
-        for chunk in _chunks(ids):
+        for chunk in batches(ids, BATCH):
             keys = [LEASE_PREFIX + d for d in chunk]
             flags = await self._renew(keys=keys, args=[self.worker_id, self._ttl_ms])
             chunk_lost = {d for d, ok in zip(chunk, flags, strict=True) if not int(ok)}
@@ -266,7 +263,7 @@ class Leases:
         """
         ids = sorted(set(device_ids))
         self.held.difference_update(ids)
-        for chunk in _chunks(ids):
+        for chunk in batches(ids, BATCH):
             await self._release(keys=[LEASE_PREFIX + d for d in chunk], args=[self.worker_id])
 
     async def holder(self, device_id: str) -> str | None:
