@@ -114,21 +114,6 @@ class _Protocol(APNsTLSClientProtocol):
             self.auth_provider = self.shared_auth
         self.free_channels: _Channels = _Channels(self.conn, 1000)
         cheap_headers(self.conn)
-        self._flush_pending = False
-
-    def flush(self) -> None:
-        # aioapns writes h2's buffer (a TLS record and a system call) and re-arms its inactivity
-        # timer for every request: 10 % of the worker's CPU at 1,000 pushes/s. Deferred to the
-        # end of this loop iteration, the 50 pushes of a message to a room go out in one write.
-        if not self._flush_pending:
-            self._flush_pending = True
-            self.loop.call_soon(self._flush_now)
-
-    def _flush_now(self) -> None:
-        self._flush_pending = False
-        if self.transport is None or self.transport.is_closing():
-            return  # connection_lost fails the waiting requests
-        super().flush()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
