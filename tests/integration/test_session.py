@@ -736,15 +736,32 @@ async def test_connects_respect_the_shared_limiter(
     sim = await sims()
     n, rate, burst = 100, 40.0, 5
     limiter = ConnectLimiter(rate, burst)
+    # The simulated IMKIT shares this event loop: a stall of the loop (or of the process, on a
+    # busy machine) holds back handshakes the limiter already let through, and the server then
+    # counts them together. Measure the longest stall, to allow for exactly that bunching.
+    stall = 0.0
+
+    async def watch_stalls() -> None:
+        nonlocal stall
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            stall = max(stall, time.monotonic() - before - 0.01)
+
+    watcher = asyncio.create_task(watch_stalls())
     t0 = time.monotonic()
-    for i in range(n):
-        sim.create_user(f"u{i}")
-        open_session(sim.url, sim.issue_token(f"u{i}"), device_id=f"d{i}", limiter=limiter)
-    await wait_for(lambda: sim.live_sockets() == n, 20.0, message="all live")
+    try:
+        for i in range(n):
+            sim.create_user(f"u{i}")
+            open_session(sim.url, sim.issue_token(f"u{i}"), device_id=f"d{i}", limiter=limiter)
+        await wait_for(lambda: sim.live_sockets() == n, 20.0, message="all live")
+    finally:
+        watcher.cancel()
     elapsed = time.monotonic() - t0
     assert elapsed >= (n - burst) / rate * 0.95
-    # any 1 s window holds at most burst + rate connects (+2 for scheduling jitter at the edges)
-    assert sim.peak_connect_rate(1.0) <= burst + rate + 2
+    # Any 1 s window holds at most burst + rate connects (+2 for scheduling jitter at the edges),
+    # plus what the longest stall held back: rate connects per second of stall.
+    assert sim.peak_connect_rate(1.0) <= burst + rate + 2 + int(rate * stall + 0.999)
     assert limiter.granted == n
 
 
