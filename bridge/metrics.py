@@ -50,7 +50,7 @@ class GcPauses:
             if pause >= LONG_GC_PAUSE:
                 # Nothing here may walk the heap: gc.get_freeze_count() counts the frozen objects
                 # one by one (millions at 10,000 sessions), and took 15 % of a worker's CPU once
-                # it ran after each long collection. The "heap frozen" line says how many.
+                # it ran after each long collection (gc_tuning does not call it either).
                 # Which generation and how much it freed tell a full collection over live state
                 # (tune the thresholds, freeze) from a young one over a burst's garbage.
                 log.info(
