@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from bridge.models import SessionState
+from bridge.upstream.idle import IdleWatch
 from bridge.upstream.ratelimit import ConnectLimiter
 from bridge.upstream.session import UpstreamSession
 from bridge.upstream.transport import make_http_session
@@ -92,9 +93,15 @@ async def create_users(http: aiohttp.ClientSession, url: str, n: int) -> list[tu
     users: list[tuple[str, str]] = []
     for start in range(0, n, 200):
         batch = [f"bench{i:05d}" for i in range(start, min(n, start + 200))]
-        answers = await asyncio.gather(*(post(http, f"{url}/sim/users", {"clientId": c}) for c in batch))
+        answers = await asyncio.gather(
+            *(post(http, f"{url}/sim/users", {"clientId": c}) for c in batch)
+        )
         users += [(c, a["token"]) for c, a in zip(batch, answers, strict=True)]
-    await post(http, f"{url}/sim/rooms", {"roomId": "bench", "members": [c for c, _ in users], "name": "bench"})
+    await post(
+        http,
+        f"{url}/sim/rooms",
+        {"roomId": "bench", "members": [c for c, _ in users], "name": "bench"},
+    )
     return users
 
 
@@ -107,13 +114,15 @@ async def wait_until(cond: Any, timeout: float, what: str) -> float:
     return time.monotonic() - t0
 
 
-async def measure(n: int, rate: float) -> dict[str, Any]:
+async def measure(n: int, rate: float, idle_watch: bool = True) -> dict[str, Any]:
     raise_nofile(n + 1000)
     port = free_port()
     sim = start_sim(port)
     url = f"http://127.0.0.1:{port}"
     control = aiohttp.ClientSession()
     http = make_http_session()
+    # As a worker runs them: one silent-server watch for all sockets (--per-read-timeouts: none).
+    watch = IdleWatch() if idle_watch else None
     sessions: list[UpstreamSession] = []
     try:
         await wait_sim(control, url)
@@ -139,14 +148,21 @@ async def measure(n: int, rate: float) -> dict[str, Any]:
                 http=http,
                 limiter=limiter,
                 on_event=on_event_for(device_id),
+                idle_watch=watch,
             )
             s.start()
             sessions.append(s)
-        await wait_until(lambda: all(s.state is SessionState.LIVE for s in sessions), 60 + n / rate * 2, "all live")
+        await wait_until(
+            lambda: all(s.state is SessionState.LIVE for s in sessions),
+            60 + n / rate * 2,
+            "all live",
+        )
         t_live = time.monotonic() - t0
         gc.collect()
         after, peak = rss_kib()
-        await post(control, f"{url}/sim/messages", {"roomId": "bench", "senderId": None, "message": "ping"})
+        await post(
+            control, f"{url}/sim/messages", {"roomId": "bench", "senderId": None, "message": "ping"}
+        )
         t_event = await wait_until(lambda: len(received) == n, 60.0, "the event on every session")
         after_event, peak = rss_kib()
         sim_rss, _ = rss_kib(sim.pid)
@@ -164,9 +180,12 @@ async def measure(n: int, rate: float) -> dict[str, Any]:
             "seconds_event_to_all": round(t_event, 2),
             "extra_connects": reconnects,
             "sim_process_rss_kib": sim_rss,
+            "idle_watch": idle_watch,
         }
     finally:
         await asyncio.gather(*(s.close() for s in sessions))
+        if watch is not None:
+            await watch.close()
         await http.close()
         await control.close()
         sim.terminate()
@@ -177,21 +196,43 @@ async def measure(n: int, rate: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sessions", type=int, nargs="+", default=[1000, 5000])
-    parser.add_argument("--rate", type=float, default=250.0, help="connects per second (default 250)")
-    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: measure in-process
+    parser.add_argument(
+        "--rate", type=float, default=250.0, help="connects per second (default 250)"
+    )
+    parser.add_argument(
+        "--per-read-timeouts",
+        action="store_true",
+        help="a timeout per read on each socket instead of the worker's one idle watch (for comparison)",
+    )
+    parser.add_argument(
+        "--one", action="store_true", help=argparse.SUPPRESS
+    )  # internal: measure in-process
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     if args.one:
-        result = asyncio.run(measure(args.sessions[0], args.rate))
+        result = asyncio.run(
+            measure(args.sessions[0], args.rate, idle_watch=not args.per_read_timeouts)
+        )
         print(json.dumps(result))
         return
     for n in args.sessions:
         print(f"N={n}: opening sessions at {args.rate:g}/s ...", flush=True)
         out = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--one", "--sessions", str(n), "--rate", str(args.rate)],
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--one",
+                "--sessions",
+                str(n),
+                "--rate",
+                str(args.rate),
+                *(["--per-read-timeouts"] if args.per_read_timeouts else []),
+            ],
             check=True,
             capture_output=True,
             text=True,

@@ -33,6 +33,7 @@ import socketio
 from bridge._backoff import Backoff
 from bridge.models import SessionState
 from bridge.upstream import decode_cache
+from bridge.upstream.idle import IdleWatch
 from bridge.upstream.protocol import EVENTS, DecodeError, decode_payload
 from bridge.upstream.ratelimit import ConnectLimiter
 from bridge.upstream.transport import SocketIOClient
@@ -163,7 +164,9 @@ class UpstreamSession:
     sends ``conf``), ``header_style`` (``new``: ``IM-CLIENT-KEY``/``IM-Authorization``; ``old``:
     ``CLIENT_KEY``/``Authorization``), ``auth_timeout`` (seconds to wait for the ``auth2`` ack),
     ``connect_timeout`` (seconds for the websocket and namespace handshake), ``backoff`` (retry
-    delays), ``stable_after`` (seconds live after which the backoff starts over).
+    delays), ``stable_after`` (seconds live after which the backoff starts over), ``idle_watch``
+    (the process's :class:`bridge.upstream.idle.IdleWatch`, which ends a silent socket with one
+    timer for all of them; without it, each read has a timeout of its own).
     """
 
     def __init__(
@@ -185,6 +188,7 @@ class UpstreamSession:
         connect_timeout: float = 10.0,
         backoff: Backoff | None = None,
         stable_after: float = 10.0,
+        idle_watch: IdleWatch | None = None,
     ) -> None:
         if encoding not in ("base64", "none"):
             raise ValueError("encoding must be 'base64' or 'none'")
@@ -206,6 +210,7 @@ class UpstreamSession:
         self._connect_timeout = connect_timeout
         self._backoff = backoff or Backoff()
         self._stable_after = stable_after
+        self._idle_watch = idle_watch
 
         self.state = SessionState.CONNECTING
         #: The IMKIT client id from the last successful ``auth2`` ack.
@@ -350,6 +355,7 @@ class UpstreamSession:
             http_session=self._http,
             logger=_LIB_LOG,
             engineio_logger=_LIB_LOG,
+            idle_watch=self._idle_watch,
         )
         conn = _Connection(sio, self._token)
         self._wire(conn)

@@ -21,6 +21,12 @@ import engineio
 import engineio.base_client
 import engineio.packet
 import socketio
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from bridge.upstream.idle import IdleWatch
+
+#: ``EngineIOClient._idle_deadline`` once the idle watch ended the socket.
+_EXPIRED = float("-inf")
 
 
 def make_http_session(*, connect_timeout: float = 10.0) -> aiohttp.ClientSession:
@@ -29,7 +35,9 @@ def make_http_session(*, connect_timeout: float = 10.0) -> aiohttp.ClientSession
     Call it inside the running event loop; the owner closes it after the last session closed.
     """
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-    timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout, sock_read=None)
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=None, sock_connect=connect_timeout, sock_read=None
+    )
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -119,6 +127,41 @@ class SmallEvent:
             self._waiters.remove(fut)
 
 
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+def forget_handshake(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Let go of what the websocket's HTTP upgrade left behind, kept for the socket's whole life.
+
+    aiohttp keeps the connection's HTTP response parser (the websocket reader replaced it) and
+    the ``101 Switching Protocols`` response with its headers, body stream and caches; nothing
+    reads them after the handshake (closing the socket uses the response's connection only).
+    Together ~4.5 KiB per socket, a fifth of an idle session (docs/benchmarks.md). These are
+    private attributes of aiohttp 3.x, each dropped only where it exists as expected; on another
+    version, less is dropped and nothing else changes.
+    """
+    proto = getattr(getattr(ws, "_reader", None), "_protocol", None)
+    if (
+        proto is not None
+        and getattr(proto, "_payload_parser", None) is not None
+        and hasattr(proto, "_parser")
+    ):
+        proto._parser = None  # its data goes to the websocket reader now (the payload parser)
+    resp = getattr(ws, "_response", None)
+    if resp is None:
+        return
+    empties: tuple[tuple[str, object], ...] = (
+        ("_headers", _NO_HEADERS),
+        ("_raw_headers", ()),
+        ("_history", ()),
+        ("_cache", {}),
+        ("_content", None),  # the 101's (empty) body stream; close() checks it for None
+    )
+    for name, empty in empties:
+        if hasattr(resp, name):
+            setattr(resp, name, empty if not isinstance(empty, dict) else {})
+
+
 class EngineIOClient(engineio.AsyncClient):  # type: ignore[misc]  # the library is untyped
     """python-engineio's client with loops that make no task per packet, and a small send queue.
 
@@ -129,7 +172,48 @@ class EngineIOClient(engineio.AsyncClient):  # type: ignore[misc]  # the library
     bounds the read the same way with a timer only. Its ``_write_loop`` does the same around
     ``queue.get()``; here the read loop's timeout is the only one (see :meth:`_write_loop`).
     Everything else is the loops of 4.15 (websocket transport only: the bridge never polls).
+
+    With an ``idle_watch`` (:class:`bridge.upstream.idle.IdleWatch`, one per process), reads have
+    no timeout at all: the socket stamps a deadline when it starts waiting for a packet and the
+    watch's one sweep ends it once the deadline passed, as the timeout would have.
     """
+
+    def __init__(self, *args: Any, idle_watch: IdleWatch | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._idle_watch = idle_watch
+        #: Loop time after which the pending read counts as silence; None while not reading.
+        self._idle_deadline: float | None = None
+
+    def idle_deadline(self) -> float | None:
+        """See :class:`bridge.upstream.idle.Watched`."""
+        return self._idle_deadline
+
+    def expire(self) -> None:
+        """Stop the pending read as its timeout would (called by the idle watch)."""
+        task = self.read_loop_task
+        if self._idle_deadline is None or task is None:
+            return  # not waiting for a packet: the watch saw a stale deadline
+        self._idle_deadline = _EXPIRED
+        task.cancel()
+
+    async def _receive_websocket(self) -> Any:
+        """The next message; TimeoutError once the server has been silent for too long."""
+        limit = self.ping_interval + self.ping_timeout
+        watch = self._idle_watch
+        if watch is None:
+            return await self.ws.receive(timeout=limit)
+        self._idle_deadline = asyncio.get_running_loop().time() + limit
+        try:
+            return await self.ws.receive()
+        except asyncio.CancelledError:
+            if self._idle_deadline != _EXPIRED:
+                raise  # cancelled from outside: not ours to swallow
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            raise TimeoutError from None
+        finally:
+            self._idle_deadline = None
 
     def create_queue(self, *args: Any, **kwargs: Any) -> SendQueue:
         return SendQueue()
@@ -175,9 +259,20 @@ class EngineIOClient(engineio.AsyncClient):  # type: ignore[misc]  # the library
         self.write_loop_task = None
 
     async def _read_loop_websocket(self) -> None:
+        if self.ws is not None:
+            forget_handshake(self.ws)
+        if self._idle_watch is not None:
+            self._idle_watch.watch(self)
+        try:
+            await self._read_websocket()
+        finally:
+            if self._idle_watch is not None:
+                self._idle_watch.forget(self)
+
+    async def _read_websocket(self) -> None:
         while self.state == "connected" and self.write_loop_task:
             try:
-                msg = await self.ws.receive(timeout=self.ping_interval + self.ping_timeout)
+                msg = await self._receive_websocket()
                 if not isinstance(msg.data, str | bytes):
                     self.logger.warning("Server sent %s packet, aborting", msg.type)
                     await self.queue.put(None)

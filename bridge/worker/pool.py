@@ -33,6 +33,7 @@ from bridge.push.dispatcher import Dispatcher
 from bridge.push.provider import SendResult, TokenInvalid
 from bridge.store.base import Store, StoreUnavailable
 from bridge.store.paging import walk_devices
+from bridge.upstream.idle import IdleWatch
 from bridge.upstream.ratelimit import ConnectLimiter
 from bridge.upstream.rest import ImkitRest
 from bridge.upstream.session import UpstreamSession
@@ -77,6 +78,8 @@ class WorkerPool:
         self.on_new_device: Callable[[str], Awaitable[None]] | None = None
         self._http = http
         self._own_http = http is None
+        #: One timer for all sessions' silent-server check (instead of one per read).
+        self._idle_watch = IdleWatch()
         self._limiter = ConnectLimiter(
             settings.connect_rate, settings.connect_burst, max_in_progress=settings.connect_concurrency
         )
@@ -174,6 +177,7 @@ class WorkerPool:
         with contextlib.suppress(Exception):
             await self.flush_checkpoints()
         self._runtimes.clear()
+        await self._idle_watch.close()
         if self._own_http and self._http is not None:
             await self._http.close()
         log.info("worker pool closed", extra={"worker": self.worker_id})
@@ -395,6 +399,7 @@ class WorkerPool:
             auth_timeout=s.imkit_auth_timeout,
             connect_timeout=s.imkit_connect_timeout,
             backoff=Backoff(s.backoff_base, s.backoff_cap),
+            idle_watch=self._idle_watch,
         )
         rt.session = session
         self._session_states[session] = session.state

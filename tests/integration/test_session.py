@@ -25,6 +25,7 @@ from aiohttp import web
 from bridge._backoff import Backoff
 from bridge.models import SessionState
 from bridge.sim.imkit import ImkitSim
+from bridge.upstream.idle import IdleWatch
 from bridge.upstream.protocol import (
     CancelInvitation,
     Invitation,
@@ -171,6 +172,8 @@ async def open_session(http: aiohttp.ClientSession) -> AsyncIterator[OpenSession
     """Start sessions with fast test defaults; every one is closed after the test."""
     opened: list[UpstreamSession] = []
     shared_limiter = ConnectLimiter(1000, 1000)
+    # As in a worker: one watch for every socket's silence (pass idle_watch=None for per-read timeouts).
+    watch = IdleWatch(interval=0.05)
 
     def open_(url: str, token: str, device_id: str = "dev-1", **kw: Any) -> tuple[UpstreamSession, Probe]:
         probe = Probe()
@@ -178,6 +181,7 @@ async def open_session(http: aiohttp.ClientSession) -> AsyncIterator[OpenSession
         kw.setdefault("backoff", Backoff(0.02, 0.1))
         kw.setdefault("auth_timeout", 2.0)
         kw.setdefault("connect_timeout", 5.0)
+        kw.setdefault("idle_watch", watch)
         session = UpstreamSession(
             device_id=device_id,
             client_token=token,
@@ -194,6 +198,8 @@ async def open_session(http: aiohttp.ClientSession) -> AsyncIterator[OpenSession
 
     yield open_
     await asyncio.gather(*(s.close() for s in opened))
+    assert len(watch) == 0, "a closed session's socket is still watched"
+    await watch.close()
 
 
 async def live(session: UpstreamSession, timeout: float = 5.0) -> None:
@@ -628,13 +634,45 @@ async def test_reconnect_after_the_server_drops_every_socket(
     await wait_for(lambda: all(p.named("chat message") for _, p in sessions), message="all got it")
 
 
-async def test_ping_timeout_reconnects(sims: Callable[..., Awaitable[ImkitSim]], open_session: OpenSession) -> None:
+async def test_the_upgrade_response_is_not_kept_for_the_socket_life(
+    sims: Callable[..., Awaitable[ImkitSim]], open_session: OpenSession
+) -> None:
+    """What forget_handshake drops is read by nothing later: events flow, the socket closes cleanly,
+    and a dropped socket is replaced by a new one (whose handshake is dropped in turn)."""
+    sim = await sims()
+    sim.create_room("r1", ["alice", "bob"])
+    session, probe = open_session(sim.url, sim.issue_token("alice"))
+    await live(session)
+
+    def upgrade_state() -> tuple[object, int]:
+        conn = session._conn
+        assert conn is not None
+        ws = conn.sio.eio.ws
+        return ws._reader._protocol._parser, len(ws._response.headers)
+
+    assert upgrade_state() == (None, 0)
+    await sim.send_message("r1", "bob", "after the handshake")
+    await wait_for(lambda: len(probe.named("chat message")) == 1, message="the message")
+    assert await sim.drop_sockets("alice") == 1
+    await wait_for(lambda: probe.count(SessionState.LIVE) == 2, message="live again")
+    assert upgrade_state() == (None, 0)
+    await sim.send_message("r1", "bob", "on the new socket")
+    await wait_for(lambda: len(probe.named("chat message")) == 2, message="the second message")
+    await session.close()
+    assert session.state is SessionState.CLOSED
+
+
+@pytest.mark.parametrize("watched", [True, False], ids=["idle-watch", "per-read-timeout"])
+async def test_ping_timeout_reconnects(
+    sims: Callable[..., Awaitable[ImkitSim]], open_session: OpenSession, watched: bool
+) -> None:
     sim = await sims(ping_interval=0.3, ping_timeout=0.3)
     sim.create_user("alice")
     proxy = FreezableProxy(sim.port)
     await proxy.start()
+    watch = IdleWatch(interval=0.05) if watched else None
     try:
-        session, probe = open_session(f"http://127.0.0.1:{proxy.port}", sim.issue_token("alice"))
+        session, probe = open_session(f"http://127.0.0.1:{proxy.port}", sim.issue_token("alice"), idle_watch=watch)
         await live(session)
         proxy.freeze()  # the network goes silent: no close, no reset, only missing pings
         frozen_at = time.monotonic()
@@ -643,9 +681,15 @@ async def test_ping_timeout_reconnects(sims: Callable[..., Awaitable[ImkitSim]],
         # came at most one interval (0.3 s) before the freeze
         assert time.monotonic() - frozen_at >= 0.25
         assert probe.states[2] == (SessionState.BACKOFF, "dropped")
+        if watch is not None:
+            assert watch.expired == 1  # the sweep ended it, not a timer of its own
         await wait_for(lambda: probe.count(SessionState.LIVE) == 2, message="live again")
+        if watch is not None:
+            assert len(watch) == 1  # the new socket is watched, the old one forgotten
     finally:
         await proxy.stop()
+        if watch is not None:
+            await watch.close()
 
 
 async def test_imkit_restart(sims: Callable[..., Awaitable[ImkitSim]], open_session: OpenSession) -> None:
