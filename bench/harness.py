@@ -1,6 +1,7 @@
-"""The harness of a benchmark run: the simulator processes (``python -m bench.sims``), one bridge
-process (``python -m bridge serve``), the simulated devices, and the HTTP calls and waits that
-every scenario is made of."""
+"""The harness of a benchmark run: the simulator processes (``python -m bench.sims``), the bridge
+(one ``python -m bridge serve``, or with ``--workers N`` an api and N workers on Redis: see
+:mod:`bench.bridge_procs`), the simulated devices, and the HTTP calls and waits that every
+scenario is made of."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from typing import Any
 
 import aiohttp
 
+from bench.bridge_procs import BridgeProcs, ServeBridge, WorkerCluster
 from bench.console import Ui
 from bench.machine import proc_usage
 from bench.options import Options
-from bench.processes import BenchError, Child, bench_env, free_port, wait_until
+from bench.processes import BenchError, Child, bench_env, wait_until
 from bench.profiler import Profiler
 from bench.stats import parse_metrics, summarize
 
@@ -47,7 +49,7 @@ class BenchDevice:
 
 
 class Harness:
-    """Simulators, one bridge process and the HTTP plumbing of a benchmark run."""
+    """Simulators, the bridge's processes and the HTTP plumbing of a benchmark run."""
 
     def __init__(self, opts: Options, ui: Ui) -> None:
         self.opts = opts
@@ -56,7 +58,7 @@ class Harness:
         self.sims: dict[str, Child] = {}
         self.sims_info: dict[str, dict[str, Any]] = {}
         self.sims_env: dict[str, str] = {}
-        self.bridge: Child | None = None
+        self.bridge: BridgeProcs | None = None
         self.bridge_url = ""
         self._http: aiohttp.ClientSession | None = None
         self._user_seq = 0
@@ -137,19 +139,21 @@ class Harness:
             self.prof.start(self.bridge.pid, phase)
 
     async def start_bridge(self, *, profile: str | None = None, **env: object) -> float:
-        """Start ``python -m bridge serve``; returns its spawn time (monotonic) once /readyz is 200.
+        """Start the bridge: ``python -m bridge serve``, or with ``--workers N`` (N ≥ 2) a
+        ``redis-server``, ``python -m bridge api`` and N ``python -m bridge worker`` processes
+        (``env`` overrides the settings of each; the cluster's own store wins). Returns its spawn
+        time (monotonic) once it is ready: /readyz 200, and every worker a settled member.
 
-        With ``profile``, the profiler's phase of that name starts right after the spawn.
+        With ``profile``, the profiler's phase of that name starts right after the spawn (with
+        ``--workers``: of the first worker).
         """
         if self.bridge is not None:
             raise BenchError("a bridge is already running")
-        port = free_port()
         base = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
         rate = self.opts.connect_rate or 1000.0
         settings = {
             **self.sims_env,
             "BRIDGE_HOST": "127.0.0.1",
-            "BRIDGE_PORT": str(port),
             "BRIDGE_STORE": f"sqlite:///{self.tmp / 'bridge.db'}",
             "BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN,
             "BRIDGE_LOG_LEVEL": os.environ.get("BENCH_BRIDGE_LOG_LEVEL", "WARNING"),
@@ -161,44 +165,30 @@ class Harness:
             "BRIDGE_PUSH_CONCURRENCY": str(self.opts.push_concurrency),
         }
         settings.update({k: str(v) for k, v in env.items()})
-        # cwd is the temp dir: a stray .env in the caller's directory must not configure the bridge.
-        child = Child(
-            "bridge",
-            [sys.executable, "-m", "bridge", "serve"],
-            {**base, **settings},
-            self.tmp / "bridge.log",
-            self.tmp,
+        procs: BridgeProcs = (
+            ServeBridge(self.tmp, base, settings)
+            if self.opts.workers == 1
+            else WorkerCluster(self.tmp, base, settings, self.opts.workers)
         )
-        self.bridge = child
-        self.bridge_url = f"http://127.0.0.1:{port}"
+        self.bridge = procs  # set before anything can fail: stop_bridge stops what was started
+        await procs.spawn()
+        self.bridge_url = procs.url
         if profile:
             self.profile(profile)
-
-        async def ready() -> bool:
-            child.check()
-            try:
-                async with self.http.get(f"{self.bridge_url}/readyz") as r:
-                    return r.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await wait_until(
-            ready, 120 + self.opts.sessions / 100, "the bridge to be ready", interval=0.05
-        )
-        return child.started
+        await procs.wait_ready(self.http, 120 + self.opts.sessions / 100)
+        return procs.started
 
     async def stop_bridge(self) -> None:
         await self.prof.stop()  # py-spy follows the process it samples
         if self.bridge is not None:
-            await self.bridge.stop(60)
+            await self.bridge.stop()
             self.bridge = None
 
     def bridge_usage(self) -> tuple[int, float]:
-        """``(RSS KiB, CPU seconds)`` of the bridge process."""
+        """``(RSS KiB, CPU seconds)`` of the bridge, summed over its processes (not Redis)."""
         if self.bridge is None:
             raise BenchError("no bridge is running")
-        self.bridge.check()
-        return proc_usage(self.bridge.pid)
+        return self.bridge.usage()
 
     # -- HTTP helpers
 
@@ -213,17 +203,32 @@ class Harness:
                 raise BenchError(f"POST {url} answered {r.status}: {(await r.text())[:300]}")
             return await r.json()
 
+    async def metrics_each(self) -> dict[str, dict[str, float]]:
+        """The ``/metrics`` samples of each bridge process holding sessions, by process name."""
+        if self.bridge is None:
+            raise BenchError("no bridge is running")
+        self.bridge.check()
+        out: dict[str, dict[str, float]] = {}
+        for name, url in self.bridge.metrics_urls.items():
+            async with self.http.get(url) as r:
+                out[name] = parse_metrics(await r.text())
+        return out
+
     async def metrics(self) -> dict[str, float]:
-        if self.bridge is not None:
-            self.bridge.check()
-        async with self.http.get(f"{self.bridge_url}/metrics") as r:
-            return parse_metrics(await r.text())
+        """The bridge's ``/metrics`` samples, summed over its processes holding sessions."""
+        total: dict[str, float] = {}
+        for m in (await self.metrics_each()).values():
+            for k, v in m.items():
+                total[k] = total.get(k, 0.0) + v
+        return total
 
     async def sessions(self) -> dict[str, int]:
-        """The bridge's sessions by state (``bridge_sessions``)."""
-        m = await self.metrics()
-        prefix = 'bridge_sessions{state="'
-        return {k[len(prefix) : -2]: int(v) for k, v in m.items() if k.startswith(prefix)}
+        """The bridge's sessions by state (``bridge_sessions``, summed over its processes)."""
+        return _sessions(await self.metrics())
+
+    async def sessions_each(self) -> dict[str, dict[str, int]]:
+        """The sessions by state of each bridge process holding sessions, by process name."""
+        return {name: _sessions(m) for name, m in (await self.metrics_each()).items()}
 
     async def reconnects(self) -> dict[str, int]:
         """``bridge_upstream_reconnects_total`` by reason (why sessions had to connect again)."""
@@ -503,6 +508,11 @@ class Harness:
                 interval=0.25,
             )
         return {"seconds": round(time.monotonic() - t0 - 2.0, 1), "rest_calls": last - first}
+
+
+def _sessions(metrics: dict[str, float]) -> dict[str, int]:
+    prefix = 'bridge_sessions{state="'
+    return {k[len(prefix) : -2]: int(v) for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def bare_library_env(h: Harness) -> dict[str, str]:

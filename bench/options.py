@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 SCENARIOS = ("sessions", "storm", "latency", "throughput", "api", "rooms", "steady")
+#: The scenarios that run with ``--workers N`` (N ≥ 2): an api and N workers on Redis.
+WORKERS_SCENARIOS = ("rooms",)
 #: The IMKIT user who sends every message of a run (a member of every room, never pushed to).
 SENDER = "bench-sender"
 
@@ -40,6 +42,9 @@ class Options:
     split_sims: bool = False
     keep: bool = False
     quiet: bool = False
+    #: Processes holding sessions: 1 is ``python -m bridge serve`` (SQLite); N ≥ 2 (rooms only)
+    #: an api and N workers on a private redis-server.
+    workers: int = 1
     # rooms
     room_size: int = 50
     fcm_share: float | None = None
@@ -71,6 +76,14 @@ class Options:
             merged["sessions"] = max((int(c) for c in counts if c.isdigit()), default=1000)
         if merged.get("fcm_share") is not None:
             merged["ios_share"] = 1.0 - float(merged["fcm_share"])
+        workers = merged.get("workers", 1)
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"--workers takes a number of processes, 1 or more, not {workers!r}")
+        if workers > 1 and scenario not in WORKERS_SCENARIOS:
+            raise ValueError(
+                f"--workers {workers} is for the {' and '.join(WORKERS_SCENARIOS)} scenario only: "
+                f"{scenario} runs one python -m bridge serve"
+            )
         return cls(**merged)
 
 

@@ -5,7 +5,9 @@ Each party runs in a process of its own, so each is measured alone:
 - the simulators: ``python -m bench.sims`` (IMKIT, APNs and FCM in one process, or with
   ``split_sims`` IMKIT in one and the two providers in another);
 - the bridge: ``python -m bridge serve`` with an SQLite store in a temporary directory, its RSS and
-  CPU read from ``/proc/<pid>``;
+  CPU read from ``/proc/<pid>``; with ``--workers N`` (``rooms``) a private ``redis-server``,
+  ``python -m bridge api`` and N ``python -m bridge worker`` processes, their figures summed
+  (:mod:`bench.bridge_procs`);
 - the load: this process (users, registrations, control calls), a separate ``python -m
   bench.api_load`` process for ``api``, ``python -m bench.baselines`` for the bare-library
   baseline of ``throughput``, and ``python -m bench.floor`` for the floor of ``rooms`` (run after

@@ -1,6 +1,7 @@
 """``rooms``: chat-shaped fan-out. N devices in rooms of M, R messages/s: emit → provider per push,
 per tenth of the run, the bridge's CPU, the highest sustained rate (``--find-max``), beside the
-bare-library floor measured in the same run (``python -m bench.floor``, after the bridge stopped)."""
+bare-library floor measured in the same run (``python -m bench.floor``, after the bridge stopped).
+With ``--workers N`` the bridge is an api and N workers on Redis; its CPU and RSS are their sums."""
 
 from __future__ import annotations
 
@@ -39,19 +40,21 @@ async def _rooms_window(
     await h.reset_arrivals(per_push=True)
     count = max(1, round(rate * duration))
     assert h.bridge is not None
-    cpu0, wait0 = h.bridge_usage()[1], run_queue_wait(h.bridge.pid)
+    bridge_pids, support_pids = h.bridge.pids(), h.bridge.support_pids()
+    cpu0 = _cpu_seconds(bridge_pids)
+    wait0 = sum(run_queue_wait(pid) for pid in bridge_pids.values())
     load0 = os.getloadavg()[0]
-    sims0 = {part: proc_usage(pid)[1] for part, pid in h.sims_pids().items()}
+    sims0, support0 = _cpu_seconds(h.sims_pids()), _cpu_seconds(support_pids)
     if profile:
         h.profile(profile)
     t0 = time.monotonic()
     state = await emit_and_wait(h, plan.ids, count, rate, plan.expected(count), what)
     wall = time.monotonic() - t0
-    cpu, wait = h.bridge_usage()[1] - cpu0, run_queue_wait(h.bridge.pid) - wait0
-    sims_cpu = {
-        part: round(100 * (proc_usage(pid)[1] - sims0[part]) / wall, 1)
-        for part, pid in h.sims_pids().items()
-    }
+    h.bridge.check()
+    cpu = _cpu_percent(cpu0, _cpu_seconds(bridge_pids), wall)
+    wait = sum(run_queue_wait(pid) for pid in bridge_pids.values()) - wait0
+    sims_cpu = _cpu_percent(sims0, _cpu_seconds(h.sims_pids()), wall)
+    support_cpu = _cpu_percent(support0, _cpu_seconds(support_pids), wall)
     await h.prof.stop()
     emitted = (await h.get_json(f"{h.control('imkit')}/bench/latencies"))["emitted"]
     pushes = await h.get_json(f"{h.control('providers')}/bench/pushes")
@@ -75,12 +78,29 @@ async def _rooms_window(
         **figures,
         "refused": dict(refused),
         "seconds_incl_drain": round(wall, 2),
-        "bridge_cpu_percent": round(100 * cpu / wall, 1),
-        # Ready to run but no CPU free: what other processes on the machine cost the bridge.
+        "bridge_cpu_percent": round(sum(cpu.values()), 1),
+        # Each of the bridge's processes: "bridge" (serve), or "api", "worker-1", ... (--workers).
+        "bridge_cpu_by_process": cpu,
+        # Ready to run but no CPU free: what other processes on the machine cost the bridge
+        # (summed over its processes, as its CPU).
         "bridge_cpu_wait_percent": round(100 * wait / wall, 1),
         "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "sims_cpu_percent": sims_cpu,
+        # The bridge's Redis with --workers (not counted in the bridge's CPU); None without.
+        "redis_cpu_percent": support_cpu.get("redis"),
     }
+
+
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each process, by name."""
+    return {name: proc_usage(pid)[1] for name, pid in pids.items()}
+
+
+def _cpu_percent(
+    before: dict[str, float], after: dict[str, float], wall: float
+) -> dict[str, float]:
+    """CPU % of a core each process used between two :func:`_cpu_seconds` readings."""
+    return {name: round(100 * (after[name] - before[name]) / wall, 1) for name in before}
 
 
 async def _find_max(h: Harness, o: Options, plan: RoomPlan) -> dict[str, Any]:
@@ -109,8 +129,9 @@ async def _find_max(h: Harness, o: Options, plan: RoomPlan) -> dict[str, Any]:
                 "backlog_growth_ms": None if growth is None else round(growth, 1),
                 **{k: w[k] for k in ("rate", "achieved_emit_rate", "expected", "received",
                                      "missing", "duplicate", "latency_ms", "tenths",
-                                     "bridge_cpu_percent", "bridge_cpu_wait_percent",
-                                     "load_average", "sims_cpu_percent")},
+                                     "bridge_cpu_percent", "bridge_cpu_by_process",
+                                     "bridge_cpu_wait_percent", "load_average",
+                                     "sims_cpu_percent", "redis_cpu_percent")},
             }
         )  # fmt: skip
         if not sustained:
@@ -260,6 +281,8 @@ async def run_rooms(h: Harness, o: Options) -> Result:
     devices = await h.create_devices(n, o.ios_share)
     registration = await h.register(devices)
     went_live = await h.wait_mostly_live(n, "sessions going live", 60 + n / 20)
+    # Per worker with --workers: how the devices were sharded.
+    sessions_by_process = await h.sessions_each()
     plan = RoomPlan.build(devices, m)
     # Rooms only now: each connect's backfill scans the user's rooms, and this keeps it cheap.
     await _create_rooms(h, plan)
@@ -279,7 +302,8 @@ async def run_rooms(h: Harness, o: Options) -> Result:
     )  # fmt: skip
     gc = gc_phase(gc_before, await gc_pause_s(h))
     found = await _find_max(h, o, plan) if o.find_max else None
-    rss, _ = h.bridge_usage()
+    assert h.bridge is not None
+    rss_by_process = {name: rss for name, (rss, _) in h.bridge.usage_by_process().items()}
     await h.stop_bridge()
     floor: dict[str, Any] | None = None
     if o.floor:
@@ -292,6 +316,8 @@ async def run_rooms(h: Harness, o: Options) -> Result:
         floor["capacity_estimate"] = round(pushes_s * 100 / cpu, 1) if cpu > 0 else None
     ios = sum(1 for d in devices if d.type == "ios")
     out: dict[str, Any] = {
+        # Processes holding sessions: 1 is one python -m bridge serve; N an api and N workers.
+        "workers": o.workers,
         "devices": n,
         "room_size": m,
         "rooms": len(plan.rooms),
@@ -305,7 +331,9 @@ async def run_rooms(h: Harness, o: Options) -> Result:
         "bridge": main,
         "find_max": found,
         "floor": floor,
-        "bridge_rss_kib": rss,
+        "bridge_rss_kib": sum(rss_by_process.values()),
+        "bridge_rss_kib_by_process": rss_by_process,
+        "bridge_sessions_by_process": sessions_by_process,
         "bridge_gc_longest_pause": gc,
     }
     out["summary"], out["tables"] = rooms_report(out)

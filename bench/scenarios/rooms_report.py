@@ -13,6 +13,16 @@ def _ms(s: dict[str, Any], key: str) -> str:
     return f"{s[key]:,.1f}" if key in s else "–"
 
 
+def _processes(r: dict[str, Any]) -> str:
+    if r["workers"] == 1:
+        return "1: push-bridge serve (SQLite)"
+    live = ", ".join(
+        f"{name} {states.get('live', 0):,}"
+        for name, states in r["bridge_sessions_by_process"].items()
+    )
+    return f"push-bridge api + {r['workers']} workers on Redis (live sessions: {live})"
+
+
 def rooms_report(r: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
     """The summary rows and the per-tenth / find-max tables of a ``rooms`` result."""
     b, floor, found = r["bridge"], r["floor"], r["find_max"]
@@ -22,6 +32,7 @@ def rooms_report(r: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[di
                     f"(APNs {r['apns_devices']:,}, FCM {r['fcm_devices']:,})"
                     + (f"; {r['went_live']['not_live']:,} never went live" if r["went_live"]["not_live"] else ""),
          ""),
+        ("bridge processes", _processes(r), ""),
         ("load", f"{r['rate']:g} msg/s = {r['pushes_per_second']:,.0f} pushes/s for {r['duration']:g} s "
                  f"(emitted {b['emitted']:,} at {b['achieved_emit_rate']:g}/s)", ""),
         ("pushes expected / received", f"{b['expected']:,} / {b['received']:,}", ""),
@@ -38,6 +49,9 @@ def rooms_report(r: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[di
     rows.append(("bridge CPU (emission + drain)",
                  f"{b['bridge_cpu_percent']:.0f} % of a core; waited for a CPU "
                  f"{b['bridge_cpu_wait_percent']:.0f} % of the time (load {b['load_average'][0]:g})", ""))  # fmt: skip
+    if r["workers"] > 1:
+        each = ", ".join(f"{k} {v:.0f} %" for k, v in b["bridge_cpu_by_process"].items())
+        rows.append(("  by process", f"{each}; redis {b['redis_cpu_percent']:.0f} %", ""))
     rows.append(
         (
             "simulators' CPU",
@@ -90,7 +104,9 @@ def rooms_report(r: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[di
         text = f"{'≥ ' if found['top_step_sustained'] else ''}{best:,.0f} (steps: {tried})"
         cap = floor["capacity_estimate"] if floor else None
         goal = (
-            goal_status(best >= GOALS["rooms_max_vs_floor"] * cap, f"≥ 0.8 × {cap:,.0f}") if cap else ""
+            goal_status(best >= GOALS["rooms_max_vs_floor"] * cap, f"≥ 0.8 × {cap:,.0f}")
+            if cap
+            else ""
         )
         rows.append(("bridge: max sustained pushes/s", text, goal))
     tenth_cols = ["tenth", "pushes", "bridge p50", "bridge p99"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -12,9 +14,12 @@ from typing import Any
 
 import pytest
 
+from bench.bridge_procs import WorkerCluster
 from bench.gc_pauses import gc_phase
 from bench.harness import BenchDevice
 from bench.options import NOFILE_RESERVE, Options
+from bench.processes import BenchError
+from bench.run import run_bench
 from bench.scenarios.room_pushes import RoomPlan, analyse_pushes, backlog_growth_ms, message_index
 from bench.scenarios.steady import session_counts
 from bench.sims import _Arrivals
@@ -123,6 +128,37 @@ def test_bench_rooms_find_max_smoke(tmp_path: Path) -> None:
     assert r["tables"][1]["columns"][0] == "pushes/s"
 
 
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="--workers needs redis-server on PATH (scripts/test.sh installs it from Debian's packages)",
+)
+def test_bench_rooms_workers_smoke(tmp_path: Path) -> None:
+    """--workers 2: a push-bridge api and two workers on a private redis-server. Every push
+    arrives once, both workers hold sessions, and CPU and RSS are reported per process."""
+    r = _bench(tmp_path, "rooms", "-n", "40", "--room-size", "10", "--rate", "10",
+               "--duration", "3", "--fcm-share", "0.5", "--no-floor", "--workers", "2")  # fmt: skip
+    assert (r["workers"], r["options"]["workers"], r["devices"], r["rooms"]) == (2, 2, 40, 4)
+    assert r["went_live"]["not_live"] == 0
+    b = r["bridge"]
+    assert (b["messages"], b["expected"]) == (30, 300)
+    assert (b["received"], b["missing"], b["duplicate"], b["unexpected"]) == (300, 0, 0, 0)
+    live = {w: s.get("live", 0) for w, s in r["bridge_sessions_by_process"].items()}
+    assert set(live) == {"worker-1", "worker-2"}
+    assert all(n > 0 for n in live.values()) and sum(live.values()) == 40, live
+    processes = {"api", "worker-1", "worker-2"}
+    assert set(b["bridge_cpu_by_process"]) == processes
+    assert b["bridge_cpu_percent"] == pytest.approx(
+        sum(b["bridge_cpu_by_process"].values()), abs=0.2
+    )
+    assert b["redis_cpu_percent"] is not None
+    assert set(r["bridge_rss_kib_by_process"]) == processes
+    assert r["bridge_rss_kib"] == sum(r["bridge_rss_kib_by_process"].values()) > 3 * 20 * 1024
+    assert r["bridge_gc_longest_pause"]["seconds"] is not None
+    rows = {row[0]: row[1] for row in r["summary"]}
+    assert rows["bridge processes"].startswith("push-bridge api + 2 workers on Redis")
+    assert "by process" in " ".join(rows)
+
+
 def test_bench_steady_smoke(tmp_path: Path) -> None:
     """Idle RSS per session at one count, RSS growth per device, and the GC pauses."""
     r = _bench(tmp_path, "steady", "-n", "20", "--messages", "30", "--growth-devices", "5")
@@ -171,7 +207,10 @@ def test_analyse_pushes_counts_missing_duplicate_unexpected() -> None:
     assert a["latency_ms"]["apns"]["max"] == pytest.approx(10.0)
     assert a["latency_ms"]["fcm"]["max"] == pytest.approx(100.0)
     assert a["tenths"][0]["n"] == 1 and a["tenths"][5]["n"] == 1
-    assert {c: sum(t["n"] for t in ts) for c, ts in a["channel_tenths"].items()} == {"apns": 1, "fcm": 1}
+    assert {c: sum(t["n"] for t in ts) for c, ts in a["channel_tenths"].items()} == {
+        "apns": 1,
+        "fcm": 1,
+    }
 
 
 def test_backlog_growth_is_last_tenth_p50_minus_first() -> None:
@@ -201,6 +240,28 @@ def test_scenario_defaults_and_session_counts() -> None:
         Options.from_dict({"sessions": ["1", "2"]}, "latency")
     most = 20_000 - NOFILE_RESERVE
     assert session_counts(["10000", "max", "2000"], 20_000) == [2000, 10000, most]
+
+
+def test_workers_option_is_for_rooms_only() -> None:
+    assert Options.from_dict({"workers": None}, "sessions").workers == 1
+    assert Options.from_dict({"workers": 1}, "latency").workers == 1
+    assert Options.from_dict({"workers": 2}, "rooms").workers == 2
+    with pytest.raises(ValueError, match="1 or more"):
+        Options.from_dict({"workers": 0}, "rooms")
+    # Before any process starts: the run says why and stops.
+    with pytest.raises(BenchError, match="--workers 2 is for the rooms scenario only"):
+        asyncio.run(run_bench("latency", {"workers": 2, "quiet": True}))
+
+
+async def test_workers_without_redis_server_name_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server there
+    cluster = WorkerCluster(tmp_path, {}, {}, 2)
+    with pytest.raises(BenchError, match="--workers needs redis-server on PATH"):
+        await cluster.spawn()
+    assert cluster.children == {} and cluster.support == {}
+    await cluster.stop()
 
 
 def test_gc_phase_is_exact_only_when_the_gauge_grew() -> None:
