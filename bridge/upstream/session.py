@@ -36,7 +36,7 @@ from bridge.upstream import decode_cache
 from bridge.upstream.idle import IdleWatch
 from bridge.upstream.protocol import EVENTS, DecodeError, decode_payload
 from bridge.upstream.ratelimit import ConnectLimiter
-from bridge.upstream.transport import SocketIOClient
+from bridge.upstream.transport import SocketIOClient, release
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,9 @@ class UpstreamSession:
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
+            # The finished task keeps its CancelledError, whose traceback holds our frames and so
+            # this session: a cycle a frozen heap would keep for good (see transport.release).
+            self._task = None
         self._set_state(SessionState.CLOSED, "closed")
 
     # ------------------------------------------------------------------ supervisor
@@ -479,6 +482,8 @@ class UpstreamSession:
             await asyncio.wait_for(asyncio.shield(conn.sio.disconnect()), _TEARDOWN_TIMEOUT)
         except Exception as exc:  # an already broken socket: nothing left to close cleanly
             log.debug("upstream session %s: disconnect: %s", self.device_id, type(exc).__name__)
+        finally:
+            release(conn.sio)  # no cycles left: freed at once, even if the heap was frozen with it
 
     # ------------------------------------------------------------------ events and states
 

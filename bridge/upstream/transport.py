@@ -196,6 +196,17 @@ class EngineIOClient(engineio.AsyncClient):  # type: ignore[misc]  # the library
         self._idle_deadline = _EXPIRED
         task.cancel()
 
+    def forget_socket(self) -> None:
+        """Drop the errors the closed websocket keeps (see :func:`release`)."""
+        ws = self.ws
+        if ws is None:
+            return
+        # Each is an exception whose traceback's frames hold the websocket (or its reader): a
+        # reference cycle that would keep the whole connection alive until a full collection.
+        for holder in (ws, getattr(ws, "_reader", None)):
+            if holder is not None and getattr(holder, "_exception", None) is not None:
+                holder._exception = None
+
     async def _receive_websocket(self) -> Any:
         """The next message; TimeoutError once the server has been silent for too long."""
         limit = self.ping_interval + self.ping_timeout
@@ -309,6 +320,30 @@ class EngineIOClient(engineio.AsyncClient):  # type: ignore[misc]  # the library
                 pass
             await self._reset()
         self.logger.info("Exiting read loop task")
+
+
+def release(sio: SocketIOClient) -> None:
+    """Break the reference cycles a finished connection leaves, so reference counting frees it.
+
+    A connection's objects are in cycles: the Socket.IO client and its handlers (closures over
+    the session's connection), the Engine.IO client's ``connect`` handler (a method of the
+    Socket.IO client), and the errors a closed websocket keeps, whose tracebacks hold it. In the
+    process's young generations the collector frees them anyway; but a worker freezes its heap
+    (:mod:`bridge.gc_tuning`), and a connection that was alive at a freeze and ended later
+    would stay in the frozen heap for good: ~80 objects and ~8 KiB per reconnect of each
+    session (docs/benchmarks.md). Call it once the connection is torn down; errors the read loop
+    still records are dropped when that loop ends.
+    """
+    eio = sio.eio
+    sio.handlers.clear()
+    sio.namespace_handlers.clear()
+    sio.callbacks.clear()
+    eio.handlers.clear()
+    task = eio.read_loop_task
+    if task is not None and not task.done():
+        task.add_done_callback(lambda _task: eio.forget_socket())
+    else:
+        eio.forget_socket()
 
 
 class SocketIOClient(socketio.AsyncClient):  # type: ignore[misc]  # the library is untyped

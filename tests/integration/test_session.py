@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import resource
 import socket
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -660,6 +662,37 @@ async def test_the_upgrade_response_is_not_kept_for_the_socket_life(
     await wait_for(lambda: len(probe.named("chat message")) == 2, message="the second message")
     await session.close()
     assert session.state is SessionState.CLOSED
+
+
+async def test_an_ended_connection_is_freed_without_the_cycle_collector(
+    sims: Callable[..., Awaitable[ImkitSim]], open_session: OpenSession
+) -> None:
+    """A worker freezes its heap: a connection left in reference cycles when it ends would stay
+    in the frozen heap for good (~8 KiB per reconnect). After a drop and a reconnect, and after
+    close, the old connection's objects must be freed by reference counting alone."""
+    sim = await sims()
+    sim.create_user("alice")
+    session, probe = open_session(sim.url, sim.issue_token("alice"))
+    await live(session)
+
+    def refs() -> list[weakref.ref[object]]:
+        conn = session._conn
+        assert conn is not None
+        eio = conn.sio.eio
+        return [weakref.ref(conn.sio), weakref.ref(eio), weakref.ref(eio.ws)]
+
+    gc.collect()
+    gc.disable()
+    try:
+        first = refs()
+        assert await sim.drop_sockets("alice") == 1
+        await wait_for(lambda: probe.count(SessionState.LIVE) == 2, message="live again")
+        await wait_for(lambda: all(r() is None for r in first), message="the dropped connection freed")
+        second = refs()
+        await session.close()
+        await wait_for(lambda: all(r() is None for r in second), message="the closed connection freed")
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("watched", [True, False], ids=["idle-watch", "per-read-timeout"])
