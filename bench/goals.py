@@ -16,6 +16,8 @@ GOALS = {
     "steady_kib_per_session": 32.0,
     "steady_kib_per_session_10k": 30.0,
     "steady_growth_kib_per_device": 16.0,
+    # steady --reconnects: RSS per live session after a round over the idle figure (informational)
+    "steady_reconnect_growth_kib_per_session": 1.0,
     "steady_gc_pause_ms": 50.0,
 }
 

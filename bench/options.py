@@ -9,6 +9,8 @@ from typing import Any
 SCENARIOS = ("sessions", "storm", "latency", "throughput", "api", "rooms", "steady")
 #: The scenarios that run with ``--workers N`` (N ≥ 2): an api and N workers on Redis.
 WORKERS_SCENARIOS = ("rooms",)
+#: The scenarios that take ``--reconnects K`` (K ≥ 1): IMKIT drops every socket K times.
+RECONNECTS_SCENARIOS = ("steady",)
 #: The IMKIT user who sends every message of a run (a member of every room, never pushed to).
 SENDER = "bench-sender"
 
@@ -60,6 +62,9 @@ class Options:
     growth_devices: int = 20
     growth_state: str = "foreground"
     growth_rate: float | None = None
+    #: After the idle figure at the largest count: this many rounds of IMKIT dropping every
+    #: upstream socket, RSS once all are live again and settled (0: none).
+    reconnects: int = 0
 
     @classmethod
     def from_dict(cls, opts: dict[str, Any], scenario: str | None = None) -> Options:
@@ -83,6 +88,16 @@ class Options:
             raise ValueError(
                 f"--workers {workers} is for the {' and '.join(WORKERS_SCENARIOS)} scenario only: "
                 f"{scenario} runs one python -m bridge serve"
+            )
+        reconnects = merged.get("reconnects", 0)
+        if not isinstance(reconnects, int) or reconnects < 0:
+            raise ValueError(
+                f"--reconnects takes a number of rounds, 0 or more, not {reconnects!r}"
+            )
+        if reconnects > 0 and scenario not in RECONNECTS_SCENARIOS:
+            raise ValueError(
+                f"--reconnects {reconnects} is for the {' and '.join(RECONNECTS_SCENARIOS)} "
+                f"scenario only"
             )
         return cls(**merged)
 

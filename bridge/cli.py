@@ -362,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--growth-devices", type=int, default=20, help="steady: devices of the growth phase, in one room (default 20)")
     sp.add_argument("--growth-state", choices=["foreground", "background"], default="foreground", help="steady: their app state")
     sp.add_argument("--growth-rate", type=float, default=None, help="steady: messages/s (default 100; background 400 pushes/s)")
+    sp.add_argument(
+        "--reconnects", type=int, default=None, metavar="K",
+        help="steady: after the idle figure at the largest count, K rounds of IMKIT dropping every "
+        "socket, RSS per live session once all are live again (default 0: none)",
+    )  # fmt: skip
     sp.add_argument("--split-sims", action="store_true", help="run IMKIT and the two providers in separate processes")
     sp.add_argument("--output", default=None, help="write the JSON result here")
     sp.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots here (needs matplotlib)")

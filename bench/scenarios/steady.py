@@ -1,5 +1,6 @@
 """``steady``: idle RSS per live session at several counts, RSS growth per device after K messages
-each, and the longest GC pause (``bridge_gc_longest_pause_seconds``)."""
+each, and the longest GC pause (``bridge_gc_longest_pause_seconds``); with ``--reconnects K``, RSS
+per live session after each of K rounds of IMKIT dropping every upstream socket."""
 
 from __future__ import annotations
 
@@ -33,8 +34,11 @@ def session_counts(counts: Sequence[str], limit: int) -> list[int]:
     return sorted(out)
 
 
-async def _steady_idle(h: Harness, devices: list[BenchDevice], limit: int) -> dict[str, Any]:
-    """A fresh bridge (empty store): RSS empty, then with every device registered and live."""
+async def _steady_idle(
+    h: Harness, devices: list[BenchDevice], limit: int, reconnects: int = 0
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A fresh bridge (empty store): RSS empty, then with every device registered and live; with
+    ``reconnects`` > 0, then :func:`_steady_reconnects` on the same bridge (else None)."""
     n = len(devices)
     h.opts.sessions = n  # the harness's deadlines scale with it
     # Each user is refreshed again BRIDGE_MUTE_REFRESH_INTERVAL (300 s) after its last fetch; at
@@ -68,8 +72,7 @@ async def _steady_idle(h: Harness, devices: list[BenchDevice], limit: int) -> di
         sampler.cancel()
     rss_live, _ = h.bridge_usage()
     gc = gc_phase(gc_before, await gc_pause_s(h))
-    await h.stop_bridge()
-    return {
+    idle = {
         "sessions": n,
         "not_live": went_live["not_live"],
         "registration": registration,
@@ -81,6 +84,61 @@ async def _steady_idle(h: Harness, devices: list[BenchDevice], limit: int) -> di
         "open_files_peak": peak_files,
         "open_files_limit": limit,
     }
+    again = await _steady_reconnects(h, idle, reconnects) if reconnects > 0 else None
+    await h.stop_bridge()
+    return idle, again
+
+
+async def _steady_reconnects(h: Harness, idle: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """``rounds`` times on the bridge of the ``idle`` phase: IMKIT drops every upstream socket
+    (``POST /sim/drop``, as an IMKIT restart would), every session that was live connects again
+    (paced by BRIDGE_CONNECT_RATE) and the after-connect REST calls settle; then the bridge's RSS.
+
+    Each round's RSS per live session is the idle figure's formula from the same pre-bridge
+    baseline, ``(RSS − RSS empty) / N``; its growth is ``(RSS − RSS at the idle figure) / N``.
+    A session whose old connection stays behind (in the frozen heap, say) shows as growth."""
+    n, rss_empty, rss_idle = idle["sessions"], idle["rss_empty_kib"], idle["rss_live_kib"]
+    target = n - int(idle["not_live"])  # a session that never went live has nothing to drop
+    rate = h.opts.connect_rate or 1000.0
+    out: list[dict[str, Any]] = []
+    for i in range(1, rounds + 1):
+        reasons0 = await h.reconnects()
+        gc_before = await gc_pause_s(h)
+        since = time.monotonic()
+        dropped = int((await h.post_json(f"{h.imkit_url}/sim/drop", {}))["dropped"])
+        # IMKIT's count of new connects tells a reconnected session from one that has not
+        # noticed the drop yet (the bridge still counts that one live).
+        seconds = await h.wait_live(
+            target,
+            f"round {i}/{rounds}: {target:,} sessions live again after IMKIT dropped {dropped:,}",
+            60 + n / 20 + n / rate,
+            t0=since,
+            imkit_since=since,
+        )
+        settle = await h.wait_quiet()
+        rss, _ = h.bridge_usage()
+        gc = gc_phase(gc_before, await gc_pause_s(h))
+        reasons = await h.reconnects()
+        by_reason = {
+            k: v - reasons0.get(k, 0) for k, v in reasons.items() if v > reasons0.get(k, 0)
+        }
+        connects = (await h.sims_stats("imkit", since))["imkit"]["connects_since"]
+        out.append(
+            {
+                "round": i,
+                "dropped": dropped,
+                "seconds_to_all_live": round(seconds, 2),
+                "connects": int(connects),
+                "upstream_reconnects": sum(by_reason.values()),
+                "reconnect_reasons": by_reason,
+                "after_live_settle": settle,
+                "rss_kib": rss,
+                "kib_per_session": round((rss - rss_empty) / n, 1),
+                "growth_kib_per_session": round((rss - rss_idle) / n, 2),
+                "gc_longest_pause": gc,
+            }
+        )
+    return {"sessions": n, "live_before": target, "connect_rate": rate, "rounds": out}
 
 
 async def _chat_events(h: Harness) -> int:
@@ -157,10 +215,15 @@ async def run_steady(h: Harness, o: Options) -> Result:
     counts = session_counts(o.session_counts or ("2000", "10000"), limit)
     pool: list[BenchDevice] = []
     idle = []
+    again: dict[str, Any] | None = None
     for n in counts:
         if len(pool) < n:
             pool += await h.create_devices(n - len(pool))
-        idle.append(await _steady_idle(h, pool[:n], limit))
+        # The reconnect rounds run at the largest count only (the counts ascend).
+        rounds = o.reconnects if n == counts[-1] else 0
+        figure, after = await _steady_idle(h, pool[:n], limit, rounds)
+        idle.append(figure)
+        again = after or again
     growth = await _steady_growth(h, o) if o.messages > 0 else None
     rows: list[tuple[str, str, str]] = []
     for r in idle:
@@ -174,6 +237,8 @@ async def run_steady(h: Harness, o: Options) -> Result:
         rows.append(
             ("  open files, peak", f"{r['open_files_peak']:,} of {r['open_files_limit']:,}", "")
         )
+    if again:
+        rows += _reconnect_rows(again, idle[-1])
     if growth:
         kib = growth["kib_per_device"]
         rows.append((f"RSS growth per device after {growth['messages']:,} messages",
@@ -181,4 +246,27 @@ async def run_steady(h: Harness, o: Options) -> Result:
                      f"{growth['rss_before_kib'] / 1024:.0f} → {growth['rss_after_kib'] / 1024:.0f} MiB)",
                      goal_status(kib <= GOALS["steady_growth_kib_per_device"], "≤ 16 KiB")))  # fmt: skip
         rows.append(gc_row("  longest GC pause", growth["gc_longest_pause"], goal=False))
-    return {"idle": idle, "growth": growth, "summary": rows}
+    result: Result = {"idle": idle, "growth": growth, "summary": rows}
+    if again is not None:
+        result["reconnects"] = again
+    return result
+
+
+def _reconnect_rows(again: dict[str, Any], idle: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The summary rows of :func:`_steady_reconnects`: a figure, reconnects and GC per round."""
+    limit = GOALS["steady_reconnect_growth_kib_per_session"]
+    rows: list[tuple[str, str, str]] = []
+    for r in again["rounds"]:
+        kib, growth = r["kib_per_session"], r["growth_kib_per_session"]
+        rows.append((f"RSS per live session after reconnect {r['round']} at {again['sessions']:,}",
+                     f"{kib:.1f} KiB ({growth:+.2f} KiB since idle {idle['kib_per_session']:.1f}; "
+                     f"{r['rss_kib'] / 1024:.0f} MiB)",
+                     f"≤ idle + {limit:g} KiB: {'met' if growth <= limit else 'not met'} (informational)"))  # fmt: skip
+        rows.append((
+            "  upstream reconnects, all live again",
+            f"{r['upstream_reconnects']:,} in {r['seconds_to_all_live']:.1f} s "
+            f"({r['dropped']:,} sockets dropped)",
+            "",
+        ))  # fmt: skip
+        rows.append(gc_row("  longest GC pause", r["gc_longest_pause"], goal=False))
+    return rows
