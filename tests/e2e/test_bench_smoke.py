@@ -24,6 +24,7 @@ from bench.scenarios.room_pushes import RoomPlan, analyse_pushes, backlog_growth
 from bench.scenarios.steady import session_counts
 from bench.sims import _Arrivals
 from bench.stats import summarize
+from bridge.cli import build_parser
 from bridge.metrics import GC_PAUSES, Metrics
 
 
@@ -172,6 +173,41 @@ def test_bench_steady_smoke(tmp_path: Path) -> None:
     assert (g["devices"], g["messages"], g["state"]) == (5, 30, "foreground")
     assert isinstance(g["kib_per_device"], float)
     assert g["gc_longest_pause"]["seconds"] > 0
+    assert "reconnects" not in r  # --reconnects 0, the default: no rounds, no rows
+    assert not any("reconnect" in row[0] for row in r["summary"])
+
+
+def test_bench_steady_reconnects_smoke(tmp_path: Path) -> None:
+    """--reconnects 2: after the idle figure, IMKIT drops every socket twice; each round every
+    session goes live again and RSS per live session is reported beside the idle figure."""
+    n = 50
+    r = _bench(tmp_path, "steady", "-n", str(n), "--messages", "0", "--reconnects", "2")
+    (idle,) = r["idle"]
+    assert (idle["sessions"], idle["not_live"], r["growth"]) == (n, 0, None)
+    again = r["reconnects"]
+    assert (again["sessions"], again["live_before"], again["connect_rate"]) == (n, n, 1000.0)
+    assert [x["round"] for x in again["rounds"]] == [1, 2]
+    for x in again["rounds"]:
+        assert x["dropped"] >= n and x["connects"] >= n
+        assert x["upstream_reconnects"] >= n  # every session left live and came back
+        assert x["upstream_reconnects"] == sum(x["reconnect_reasons"].values())
+        assert 0 < x["seconds_to_all_live"] < 30
+        assert x["rss_kib"] > 20 * 1024
+        rss_empty, rss_live = idle["rss_empty_kib"], idle["rss_live_kib"]
+        assert x["kib_per_session"] == round((x["rss_kib"] - rss_empty) / n, 1)
+        assert x["growth_kib_per_session"] == round((x["rss_kib"] - rss_live) / n, 2)
+        assert isinstance(x["kib_per_session"], float)
+        assert isinstance(x["growth_kib_per_session"], float)
+        assert x["gc_longest_pause"]["seconds"] is not None
+    assert sum(x["upstream_reconnects"] for x in again["rounds"]) >= 2 * n
+    rows = [
+        row for row in r["summary"] if row[0].startswith("RSS per live session after reconnect")
+    ]
+    assert [row[0] for row in rows] == [
+        f"RSS per live session after reconnect {i} at {n}" for i in (1, 2)
+    ]
+    assert all(row[2].startswith("≤ idle + 1 KiB: ") for row in rows)
+    assert all(row[2].endswith("(informational)") for row in rows)
 
 
 # ---------------------------------------------------------------------- the pieces, no processes
@@ -240,6 +276,20 @@ def test_scenario_defaults_and_session_counts() -> None:
         Options.from_dict({"sessions": ["1", "2"]}, "latency")
     most = 20_000 - NOFILE_RESERVE
     assert session_counts(["10000", "max", "2000"], 20_000) == [2000, 10000, most]
+
+
+def test_reconnects_option_is_for_steady_only() -> None:
+    assert Options.from_dict({"reconnects": None}, "steady").reconnects == 0
+    assert Options.from_dict({"reconnects": 0}, "latency").reconnects == 0
+    assert Options.from_dict({"reconnects": 3}, "steady").reconnects == 3
+    args = build_parser().parse_args(["bench", "steady", "-n", "50", "--reconnects", "2"])
+    assert Options.from_dict(vars(args), args.scenario).reconnects == 2
+    assert build_parser().parse_args(["bench", "steady"]).reconnects is None
+    with pytest.raises(ValueError, match="0 or more"):
+        Options.from_dict({"reconnects": -1}, "steady")
+    # Before any process starts: the run says why and stops.
+    with pytest.raises(BenchError, match="--reconnects 2 is for the steady scenario only"):
+        asyncio.run(run_bench("rooms", {"reconnects": 2, "quiet": True}))
 
 
 def test_workers_option_is_for_rooms_only() -> None:
