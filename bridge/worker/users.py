@@ -34,6 +34,10 @@ class UserFacts:
         #: Devices of each user in this worker (to find a token for the user's REST calls).
         self._devices: dict[str, set[str]] = {}
         self._sem = asyncio.Semaphore(20)
+        #: Users whose refresh is under way: the periodic tick and a reconnect must not queue
+        #: another one each (at 10,000 users, refreshes slower than the tick piled up to 18
+        #: REST calls per user and never settled: docs/benchmarks.md).
+        self._refreshing: set[str] = set()
 
     def get(self, client_id: str) -> UserState | None:
         return self._users.get(client_id)
@@ -64,10 +68,18 @@ class UserFacts:
         return [u.client_id for u in self._users.values() if u.fetched_at < before]
 
     async def refresh(self, client_id: str, min_age: float = 0.0) -> None:
-        """Refetch the user's mute list, switch and badge, unless fetched less than ``min_age`` ago."""
+        """Refetch the user's mute list, switch and badge, unless fetched less than ``min_age`` ago
+        or a refresh of the user is already under way (its answer serves this call too)."""
         user = self._users.get(client_id)
-        if user is None or time.monotonic() - user.fetched_at < min_age:
+        if user is None or time.monotonic() - user.fetched_at < min_age or client_id in self._refreshing:
             return
+        self._refreshing.add(client_id)
+        try:
+            await self._refresh(client_id, user)
+        finally:
+            self._refreshing.discard(client_id)
+
+    async def _refresh(self, client_id: str, user: UserState) -> None:
         rt = next((self._runtimes[d] for d in self._devices.get(client_id, ()) if d in self._runtimes), None)
         if rt is None:
             return

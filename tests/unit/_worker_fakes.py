@@ -6,6 +6,7 @@ Each records what it was asked, so a test of one part (``bridge.worker.fanout``,
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
@@ -79,11 +80,15 @@ class FakeRest:
         self.badge_value = badge
         self.fail: Exception | None = None
         self.calls: list[tuple[str, str]] = []
+        #: When set, ``me`` waits for it (a slow IMKIT).
+        self.gate: asyncio.Event | None = None
         #: Backfill: room id -> raw messages, newest last.
         self.rooms: dict[str, list[dict[str, Any]]] = {}
 
     async def me(self, token: str) -> Me:
         self.calls.append(("me", token))
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail is not None:
             raise self.fail
         return Me(client_id=ME, nickname=None, mute=self.mute, notification_enabled=self.enabled)

@@ -5,6 +5,7 @@ Given a fake REST client and the devices (a plain dict) through the constructor.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from bridge.upstream.rest import InvalidToken, RequestRejected, UpstreamUnavailable
@@ -85,3 +86,22 @@ async def test_only_a_401_says_a_client_token_is_refused() -> None:
     for exc in (UpstreamUnavailable("down"), RequestRejected("no", status=403)):
         rest.fail = exc
         assert not await users.token_refused("t")
+
+
+async def test_a_refresh_under_way_is_not_started_again() -> None:
+    """The periodic tick and reconnects ask again while IMKIT is slow: one set of calls per user."""
+    users, rest, runtimes = rig()
+    add(users, runtimes, "d1")
+    rest.gate = asyncio.Event()
+    first = asyncio.create_task(users.refresh("alice"))
+    await asyncio.sleep(0)  # the first refresh is now waiting for GET /me
+    assert rest.calls == [("me", "ct-alice")]
+    # Both return at once (the answer under way serves them), not after GET /me.
+    await asyncio.wait_for(asyncio.gather(users.refresh("alice"), users.refresh("alice")), 2.0)
+    rest.gate.set()
+    await first
+    assert rest.calls == [("me", "ct-alice"), ("badge", "ct-alice")]
+    assert users.of("alice").badge == 4
+
+    await users.refresh("alice")  # none under way any more: fetched again
+    assert len(rest.calls) == 4
