@@ -2,7 +2,7 @@
 
 Engine.IO's client bounds each read with a timeout of ping interval + ping timeout, so a server
 that stops answering (a frozen network: no close, no reset) is noticed. Per socket that is a
-timer, a timeout object and a context, re-created by every packet: ~0.6 KiB per live session,
+timer, a timeout object and a context, re-created by every packet: ~0.5 KiB per live session,
 and at 10,000 sessions a wave of server pings put 3,000 of them (with their read chains) in the
 young GC generation at once, a 100 ms collection (docs/benchmarks.md). Here each socket only
 stamps the time of its last packet; one sweep a second ends those silent for longer than their

@@ -136,7 +136,7 @@ def forget_handshake(ws: aiohttp.ClientWebSocketResponse) -> None:
     aiohttp keeps the connection's HTTP response parser (the websocket reader replaced it) and
     the ``101 Switching Protocols`` response with its headers, body stream and caches; nothing
     reads them after the handshake (closing the socket uses the response's connection only).
-    Together ~4.5 KiB per socket, a fifth of an idle session (docs/benchmarks.md). These are
+    Together ~3.3 KiB per socket, a sixth of a bare idle session (docs/benchmarks.md). These are
     private attributes of aiohttp 3.x, each dropped only where it exists as expected; on another
     version, less is dropped and nothing else changes.
     """
@@ -159,7 +159,7 @@ def forget_handshake(ws: aiohttp.ClientWebSocketResponse) -> None:
     )
     for name, empty in empties:
         if hasattr(resp, name):
-            setattr(resp, name, empty if not isinstance(empty, dict) else {})
+            setattr(resp, name, empty)
 
 
 class EngineIOClient(engineio.AsyncClient):  # type: ignore[misc]  # the library is untyped
