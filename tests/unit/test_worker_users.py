@@ -11,6 +11,7 @@ import time
 from bridge.upstream.rest import InvalidToken, RequestRejected, UpstreamUnavailable
 from bridge.worker.state import DeviceRuntime
 from bridge.worker.users import UserFacts
+from tests._poll import wait_for
 from tests.unit._worker_fakes import FakeRest, device, runtime
 
 
@@ -94,8 +95,7 @@ async def test_a_refresh_under_way_is_not_started_again() -> None:
     add(users, runtimes, "d1")
     rest.gate = asyncio.Event()
     first = asyncio.create_task(users.refresh("alice"))
-    await asyncio.sleep(0)  # the first refresh is now waiting for GET /me
-    assert rest.calls == [("me", "ct-alice")]
+    await wait_for(lambda: rest.calls == [("me", "ct-alice")], 2.0, message="the first refresh waits for GET /me")
     # Both return at once (the answer under way serves them), not after GET /me.
     await asyncio.wait_for(asyncio.gather(users.refresh("alice"), users.refresh("alice")), 2.0)
     rest.gate.set()
