@@ -2,7 +2,8 @@
 
 It reads like a loop: ``start()`` loads the devices and opens their sessions, a task follows the
 store's change feed (new device: session; new client token: leave ``auth_failed``; removed:
-close), and a periodic tick reconciles with the store and refreshes each user's mute list.
+close), a periodic tick reconciles with the store, and a refresher rereads each user's mute list
+and badge once per ``BRIDGE_MUTE_REFRESH_INTERVAL``, spread over it.
 
 The pool keeps the sessions and who owns which device; the rest is done by parts it builds and
 hands what each needs: :class:`~bridge.worker.users.UserFacts` (mute lists and badges from
@@ -122,6 +123,8 @@ class WorkerPool:
         self._tasks.append(asyncio.create_task(self._follow_changes(), name="pool-changes"))
         await self.reconcile()
         self._tasks.append(asyncio.create_task(self._tick(), name="pool-tick"))
+        refresher = self._users.keep_fresh(self._settings.mute_refresh_interval, self._spawn)
+        self._tasks.append(asyncio.create_task(refresher, name="pool-user-refresh"))
         self._tasks.append(asyncio.create_task(self._checkpoints.run(), name="pool-checkpoints"))
         self.running = True
         log.info("worker pool started", extra={"worker": self.worker_id, "devices": len(self._runtimes)})
@@ -261,9 +264,6 @@ class WorkerPool:
             await asyncio.sleep(interval)
             try:
                 await self.reconcile()
-                stale = time.monotonic() - self._settings.mute_refresh_interval
-                for client_id in self._users.stale(stale):
-                    self._spawn(self._users.refresh(client_id))
             except Exception:
                 log.exception("pool tick failed")
 

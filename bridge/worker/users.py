@@ -2,16 +2,19 @@
 
 One :class:`UserState` per user with a device here, shared by the user's devices: the mute list
 and notification switch (``GET /me``) and the badge (``GET /badge``), refetched at (re)connect
-when older than :data:`USER_REFRESH_MIN_AGE`, periodically by the pool, the mute list again when
-a ``roomPref`` event says it changed, and the badge when the user read a room elsewhere.
+when older than :data:`USER_REFRESH_MIN_AGE`, periodically (:meth:`UserFacts.keep_fresh`, spread
+over the interval), the mute list again when a ``roomPref`` event says it changed, and the badge
+when the user read a room elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 from bridge.models import Device
 from bridge.upstream.rest import ImkitRest, InvalidToken, RequestRejected, UpstreamUnavailable
@@ -21,6 +24,12 @@ log = logging.getLogger(__name__)
 
 #: A user's mute list and badge are refetched at (re)connect when older than this.
 USER_REFRESH_MIN_AGE = 5.0
+#: The periodic refresh goes at most this many times the even pace (users / interval): users
+#: who fell due together (10,000 devices connected within minutes) are spread out instead of
+#: refreshed in a burst, and users who fell behind still catch up.
+CATCH_UP = 2.0
+#: A user whose periodic refresh failed (or who was never fetched) is tried again this soon.
+RETRY_AFTER = 30.0
 
 
 class UserFacts:
@@ -38,6 +47,13 @@ class UserFacts:
         #: another one each (at 10,000 users, refreshes slower than the tick piled up to 18
         #: REST calls per user and never settled: docs/benchmarks.md).
         self._refreshing: set[str] = set()
+        #: When each user is next looked at by :meth:`keep_fresh`: a heap of (monotonic time,
+        #: client id), one entry per user in ``_scheduled``. Entries go stale (a reconnect's
+        #: refresh, the user left) and are checked when they come up, so nothing else touches it.
+        self._due: list[tuple[float, str]] = []
+        self._scheduled: set[str] = set()
+        #: The interval :meth:`keep_fresh` runs with (None: not running, nothing is scheduled).
+        self._interval: float | None = None
 
     def get(self, client_id: str) -> UserState | None:
         return self._users.get(client_id)
@@ -53,6 +69,8 @@ class UserFacts:
         """The worker took the device on."""
         self.of(device.client_id)
         self._devices.setdefault(device.client_id, set()).add(device.device_id)
+        if self._interval is not None:
+            self._schedule(device.client_id, time.monotonic() + self._interval)
 
     def leave(self, device: Device) -> None:
         """The worker let the device go: the user is forgotten with their last device here."""
@@ -63,9 +81,63 @@ class UserFacts:
                 del self._devices[device.client_id]
                 self._users.pop(device.client_id, None)
 
-    def stale(self, before: float) -> list[str]:
-        """Users last fetched before ``before`` (monotonic seconds)."""
-        return [u.client_id for u in self._users.values() if u.fetched_at < before]
+    def _schedule(self, client_id: str, at: float) -> None:
+        if client_id not in self._scheduled:
+            self._scheduled.add(client_id)
+            heapq.heappush(self._due, (at, client_id))
+
+    async def keep_fresh(
+        self, interval: float, spawn: Callable[[Coroutine[Any, Any, None]], None], *, step: float = 0.1
+    ) -> None:
+        """Refetch every user about once per ``interval`` seconds, for ever (cancel to stop).
+
+        A user comes due ``interval`` after their last fetch (a reconnect's refresh moves that),
+        and due users are refreshed oldest first through ``spawn``, at most :data:`CATCH_UP`
+        times the even rate ``users / interval``. So 10,000 users whose devices connected
+        together cost a steady trickle of REST calls, not 20,000 calls in one burst every
+        interval (which held the event loop for seconds: docs/benchmarks.md).
+        """
+        self._interval = interval
+        step = min(step, interval / 10)
+        now = time.monotonic()
+        for client_id in self._users:
+            self._schedule(client_id, now + interval)
+        allowance, last = 0.0, now
+        try:
+            while True:
+                await asyncio.sleep(step)
+                now = time.monotonic()
+                rate = CATCH_UP * len(self._users) / interval
+                # No banking beyond one step's worth: an idle minute does not buy a burst later.
+                allowance = min(allowance + rate * (now - last), max(1.0, rate * step))
+                last = now
+                allowance = self._start_due(now, interval, allowance, spawn)
+        finally:
+            self._interval = None
+            self._due.clear()
+            self._scheduled.clear()
+
+    def _start_due(
+        self, now: float, interval: float, allowance: float, spawn: Callable[[Coroutine[Any, Any, None]], None]
+    ) -> float:
+        """Start the refreshes of users due by ``now``, while ``allowance`` lasts; what is left of it."""
+        while allowance >= 1.0 and self._due and self._due[0][0] <= now:
+            _, client_id = heapq.heappop(self._due)
+            user = self._users.get(client_id)
+            if user is None:  # left since: forget the entry
+                self._scheduled.discard(client_id)
+                continue
+            due = user.fetched_at + interval
+            if due > now:  # fetched since it was scheduled
+                heapq.heappush(self._due, (due, client_id))
+                continue
+            # Looked at again soon: a success moves its next turn to a full interval (the check
+            # above), a failure is tried again after RETRY_AFTER.
+            heapq.heappush(self._due, (now + min(RETRY_AFTER, interval), client_id))
+            if client_id not in self._refreshing:
+                spawn(self.refresh(client_id))
+                allowance -= 1.0
+        return allowance
 
     async def refresh(self, client_id: str, min_age: float = 0.0) -> None:
         """Refetch the user's mute list, switch and badge, unless fetched less than ``min_age`` ago

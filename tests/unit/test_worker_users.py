@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from bridge.upstream.rest import InvalidToken, RequestRejected, UpstreamUnavailable
 from bridge.worker.state import DeviceRuntime
-from bridge.worker.users import UserFacts
+from bridge.worker.users import CATCH_UP, UserFacts
 from tests._poll import wait_for
 from tests.unit._worker_fakes import FakeRest, device, runtime
 
@@ -38,8 +40,7 @@ async def test_refresh_fetches_mutes_and_badge_unless_fresh() -> None:
 
     await users.refresh("alice", min_age=5.0)  # fetched just now
     assert len(rest.calls) == 2
-    assert users.stale(time.monotonic() - 60) == []
-    assert users.stale(time.monotonic() + 1) == ["alice"]
+    assert time.monotonic() - alice.fetched_at < 5.0
 
 
 async def test_a_failed_refresh_keeps_what_was_known() -> None:
@@ -105,3 +106,86 @@ async def test_a_refresh_under_way_is_not_started_again() -> None:
 
     await users.refresh("alice")  # none under way any more: fetched again
     assert len(rest.calls) == 4
+
+
+class Spawner:
+    """What the pool's ``_spawn`` does, recording when each refresh was started."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.started: list[float] = []
+
+    def __call__(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.started.append(time.monotonic())
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+def me_calls(rest: FakeRest) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for kind, token in rest.calls:
+        if kind == "me":
+            counts[token] = counts.get(token, 0) + 1
+    return counts
+
+
+async def test_users_due_together_are_refreshed_at_a_bounded_rate() -> None:
+    """40 users fetched in the same instant fall due together: their periodic refreshes are
+    spread out (never faster than CATCH_UP x users / interval), and every one of them is done."""
+    users, rest, runtimes = rig()
+    for i in range(40):
+        add(users, runtimes, f"d{i}", client_id=f"u{i}")
+        users.of(f"u{i}").fetched_at = time.monotonic()
+    interval, step = 1.0, 0.05
+    spawn = Spawner()
+    refresher = asyncio.create_task(users.keep_fresh(interval, spawn, step=step))
+    try:
+        await wait_for(lambda: len(me_calls(rest)) == 40, 10.0, message="every user refreshed")
+        rate = CATCH_UP * 40 / interval
+        # In any window, at most the window's share plus one step's allowance (no bursts).
+        for i, t0 in enumerate(spawn.started):
+            for j in range(i, len(spawn.started)):
+                assert j - i + 1 <= rate * (spawn.started[j] - t0) + rate * step + 1
+        assert spawn.started[-1] - spawn.started[0] >= (40 - rate * step - 1) / rate
+        assert all(n == 1 for n in me_calls(rest).values())
+    finally:
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
+
+
+async def test_a_user_fetched_meanwhile_waits_a_full_interval_and_one_who_left_is_dropped() -> None:
+    users, rest, runtimes = rig()
+    add(users, runtimes, "d1", client_id="u1")
+    gone = add(users, runtimes, "d2", client_id="u2")
+    interval = 0.6
+    spawn = Spawner()
+    refresher = asyncio.create_task(users.keep_fresh(interval, spawn, step=0.02))
+    try:
+        await asyncio.sleep(0)  # the refresher scheduled both users an interval from now
+        # As if a reconnect refreshed u1 half an interval later, and u2's device left.
+        fetched = users.of("u1").fetched_at = time.monotonic() + interval / 2
+        users.leave(gone.device)
+        await wait_for(lambda: len(rest.calls) > 0, 5.0, message="u1's periodic refresh")
+        # Not at its first due time, but an interval after the later fetch.
+        assert spawn.started[0] >= fetched + interval
+        assert ("me", "ct-u2") not in rest.calls
+    finally:
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
+
+
+async def test_a_failed_periodic_refresh_is_tried_again() -> None:
+    users, rest, runtimes = rig()
+    add(users, runtimes, "d1", client_id="u1")
+    users.of("u1").fetched_at = time.monotonic()
+    rest.fail = UpstreamUnavailable("down")
+    refresher = asyncio.create_task(users.keep_fresh(0.2, Spawner(), step=0.02))
+    try:
+        await wait_for(lambda: me_calls(rest).get("ct-u1", 0) >= 2, 5.0, message="two failed tries")
+        assert users.of("u1").badge is None
+        rest.fail = None
+        await wait_for(lambda: users.of("u1").badge == 4, 5.0, message="a try that succeeds")
+    finally:
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
