@@ -164,6 +164,8 @@ class Harness:
             "BRIDGE_CONNECT_BURST": str(max(1, int(rate))),
             "BRIDGE_PUSH_CONCURRENCY": str(self.opts.push_concurrency),
         }
+        if self.opts.mute_refresh_interval is not None:
+            settings["BRIDGE_MUTE_REFRESH_INTERVAL"] = str(self.opts.mute_refresh_interval)
         settings.update({k: str(v) for k, v in env.items()})
         procs: BridgeProcs = (
             ServeBridge(self.tmp, base, settings)

@@ -37,6 +37,8 @@ class Options:
     plots: str | None = None
     profile: str | None = None
     connect_rate: float | None = None
+    #: BRIDGE_MUTE_REFRESH_INTERVAL of the bridge (None: its default, 300 s).
+    mute_refresh_interval: float | None = None
     concurrency: int = 32
     pushes: int = 20_000
     push_concurrency: int = 100

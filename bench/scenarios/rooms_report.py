@@ -59,6 +59,10 @@ def rooms_report(r: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[di
             "",
         )
     )
+    if "imkit_rest_calls" in b:  # results before it was recorded lack it
+        rest = b["imkit_rest_calls"]
+        per_s = rest / b["seconds_incl_drain"] if b["seconds_incl_drain"] else 0.0
+        rows.append(("IMKIT REST calls in the window", f"{rest:,} ({per_s:.0f}/s)", ""))
     rows.append(
         gc_row(
             "bridge longest GC pause (measured window)", r["bridge_gc_longest_pause"], goal=False
