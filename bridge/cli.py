@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of the measured phase: sessions idle window, latency/rooms emission, api load (default 10; rooms 30)",
     )  # fmt: skip
     sp.add_argument("--connect-rate", type=float, default=None, help="BRIDGE_CONNECT_RATE of the bridge (default 1000; storm 2000)")
-    sp.add_argument("--mute-refresh-interval", type=float, default=None, metavar="S", help="BRIDGE_MUTE_REFRESH_INTERVAL of the bridge (default 300; steady 86400)")
+    sp.add_argument("--mute-refresh-interval", type=float, default=None, metavar="S", help="BRIDGE_MUTE_REFRESH_INTERVAL of the bridge (default 300; steady 86400). Shorter than registration + settling, the refreshes keep IMKIT's REST counter moving and the settle wait times out")
     sp.add_argument("--concurrency", type=int, default=32, help="api: concurrent calls of the load process (default 32)")
     sp.add_argument("--pushes", type=int, default=20000, help="throughput: pushes per provider (default 20000)")
     sp.add_argument("--push-concurrency", type=int, default=100, help="BRIDGE_PUSH_CONCURRENCY, and the bare loop's (default 100)")

@@ -52,6 +52,24 @@ async def test_a_cancelled_get_loses_nothing() -> None:
     assert await asyncio.wait_for(fresh, 5) == "message"
 
 
+async def test_waiter_is_done_once_an_item_is_queued() -> None:
+    """What the write loop awaits instead of get(): a bare future, reused while pending."""
+    q = SendQueue()
+    fut = q.waiter()
+    assert not fut.done() and q.waiter() is fut  # one pending future, however often asked
+    q.put_nowait("pong")
+    assert fut.done()
+    assert q.waiter().done()  # an item is queued: done at once
+    assert q.get_nowait() == "pong"
+    fresh = q.waiter()
+    assert fresh is not fut and not fresh.done()
+    fresh.cancel()  # a write loop cancelled while waiting: the next wait gets a new future
+    again = q.waiter()
+    assert again is not fresh and not again.done()
+    q.put_nowait("message")
+    await asyncio.wait_for(again, 5)
+
+
 async def test_small_event_wakes_every_waiter_and_clears() -> None:
     event = SmallEvent()
     assert not event.is_set()
