@@ -6,8 +6,9 @@ Given a fake REST client and the devices (a plain dict) through the constructor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from bridge.upstream.rest import InvalidToken, RequestRejected, UpstreamUnavailable
@@ -122,6 +123,17 @@ class Spawner:
         task.add_done_callback(self.tasks.discard)
 
 
+@contextlib.asynccontextmanager
+async def refreshing(users: UserFacts, interval: float, spawn: Spawner, step: float) -> AsyncIterator[None]:
+    """``users.keep_fresh`` running in a task for the block."""
+    task = asyncio.create_task(users.keep_fresh(interval, spawn, step=step))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def me_calls(rest: FakeRest) -> dict[str, int]:
     counts: dict[str, int] = {}
     for kind, token in rest.calls:
@@ -139,8 +151,7 @@ async def test_users_due_together_are_refreshed_at_a_bounded_rate() -> None:
         users.of(f"u{i}").fetched_at = time.monotonic()
     interval, step = 1.0, 0.05
     spawn = Spawner()
-    refresher = asyncio.create_task(users.keep_fresh(interval, spawn, step=step))
-    try:
+    async with refreshing(users, interval, spawn, step):
         await wait_for(lambda: len(me_calls(rest)) == 40, 10.0, message="every user refreshed")
         rate = CATCH_UP * 40 / interval
         # In any window, at most the window's share plus one step's allowance (no bursts).
@@ -149,9 +160,6 @@ async def test_users_due_together_are_refreshed_at_a_bounded_rate() -> None:
                 assert j - i + 1 <= rate * (spawn.started[j] - t0) + rate * step + 1
         assert spawn.started[-1] - spawn.started[0] >= (40 - rate * step - 1) / rate
         assert all(n == 1 for n in me_calls(rest).values())
-    finally:
-        refresher.cancel()
-        await asyncio.gather(refresher, return_exceptions=True)
 
 
 async def test_a_user_fetched_meanwhile_waits_a_full_interval_and_one_who_left_is_dropped() -> None:
@@ -160,8 +168,7 @@ async def test_a_user_fetched_meanwhile_waits_a_full_interval_and_one_who_left_i
     gone = add(users, runtimes, "d2", client_id="u2")
     interval = 0.6
     spawn = Spawner()
-    refresher = asyncio.create_task(users.keep_fresh(interval, spawn, step=0.02))
-    try:
+    async with refreshing(users, interval, spawn, 0.02):
         await asyncio.sleep(0)  # the refresher scheduled both users an interval from now
         # As if a reconnect refreshed u1 half an interval later, and u2's device left.
         fetched = users.of("u1").fetched_at = time.monotonic() + interval / 2
@@ -170,9 +177,6 @@ async def test_a_user_fetched_meanwhile_waits_a_full_interval_and_one_who_left_i
         # Not at its first due time, but an interval after the later fetch.
         assert spawn.started[0] >= fetched + interval
         assert ("me", "ct-u2") not in rest.calls
-    finally:
-        refresher.cancel()
-        await asyncio.gather(refresher, return_exceptions=True)
 
 
 async def test_a_failed_periodic_refresh_is_tried_again() -> None:
@@ -180,12 +184,8 @@ async def test_a_failed_periodic_refresh_is_tried_again() -> None:
     add(users, runtimes, "d1", client_id="u1")
     users.of("u1").fetched_at = time.monotonic()
     rest.fail = UpstreamUnavailable("down")
-    refresher = asyncio.create_task(users.keep_fresh(0.2, Spawner(), step=0.02))
-    try:
+    async with refreshing(users, 0.2, Spawner(), 0.02):
         await wait_for(lambda: me_calls(rest).get("ct-u1", 0) >= 2, 5.0, message="two failed tries")
         assert users.of("u1").badge is None
         rest.fail = None
         await wait_for(lambda: users.of("u1").badge == 4, 5.0, message="a try that succeeds")
-    finally:
-        refresher.cancel()
-        await asyncio.gather(refresher, return_exceptions=True)
