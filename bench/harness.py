@@ -417,8 +417,12 @@ class Harness:
 
             async def cond() -> bool:
                 # IMKIT's count of authenticated sockets: known even while a starting bridge is
-                # still loading its devices and not yet serving /metrics.
-                stats = (await self.sims_stats("imkit", imkit_since or 0.0))["imkit"]
+                # still loading its devices and not yet serving /metrics. A simulator busy with
+                # thousands of connects may not answer in time: ask again, within the deadline.
+                try:
+                    stats = (await self.sims_stats("imkit", imkit_since or 0.0))["imkit"]
+                except (TimeoutError, aiohttp.ClientError):
+                    return False
                 live = await self.live()
                 update(max(live, int(stats["live_sockets"])))
                 if samples is not None and self.bridge is not None:
