@@ -254,6 +254,10 @@ class Harness:
         )
         return stats
 
+    async def rest_requests(self) -> int:
+        """IMKIT's REST request count so far (the bench's own control calls are not among them)."""
+        return int((await self.sims_stats("imkit"))["imkit"]["rest_requests_total"])
+
     async def reset_arrivals(self, *, per_push: bool = False) -> None:
         """Forget emits and arrivals; ``per_push`` also records every push (``GET /bench/pushes``)."""
         for part in self.sims_info:
@@ -501,7 +505,7 @@ class Harness:
 
             async def cond() -> bool:
                 nonlocal last, first, still
-                n = int((await self.sims_stats("imkit"))["imkit"]["rest_requests_total"])
+                n = await self.rest_requests()
                 first = n if first < 0 else first
                 still = still + 1 if n == last else 0
                 last = n

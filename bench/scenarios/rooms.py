@@ -45,13 +45,13 @@ async def _rooms_window(
     wait0 = sum(run_queue_wait(pid) for pid in bridge_pids.values())
     load0 = os.getloadavg()[0]
     sims0, support0 = _cpu_seconds(h.sims_pids()), _cpu_seconds(support_pids)
-    rest0 = await _rest_requests(h)
+    rest0 = await h.rest_requests()
     if profile:
         h.profile(profile)
     t0 = time.monotonic()
     state = await emit_and_wait(h, plan.ids, count, rate, plan.expected(count), what)
     wall = time.monotonic() - t0
-    rest_calls = await _rest_requests(h) - rest0
+    rest_calls = await h.rest_requests() - rest0
     h.bridge.check()
     cpu = _cpu_percent(cpu0, _cpu_seconds(bridge_pids), wall)
     wait = sum(run_queue_wait(pid) for pid in bridge_pids.values()) - wait0
@@ -93,11 +93,6 @@ async def _rooms_window(
         # REST calls the bridge made to IMKIT during emission + drain (user refreshes, mostly).
         "imkit_rest_calls": rest_calls,
     }
-
-
-async def _rest_requests(h: Harness) -> int:
-    """IMKIT's REST request count so far (the bench's own calls are not among them)."""
-    return int((await h.sims_stats("imkit"))["imkit"]["rest_requests_total"])
 
 
 def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
