@@ -317,7 +317,7 @@ class SqliteStore:
             self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=True
         )
         self._conn = conn
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = self._set_wal_sync(conn)
         if mode != "wal" and self._path != ":memory:":
             log.warning("sqlite store %s runs in journal mode %s, not WAL", self._path, mode)
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -326,6 +326,20 @@ class SqliteStore:
         migrate(conn, self._path)
         self._check_key_sync(conn)
         self._index_tokens_sync(conn)
+
+    def _set_wal_sync(self, conn: sqlite3.Connection) -> str:
+        """Switch to WAL; the journal mode the file is in afterwards."""
+        # Switching a new file to WAL needs an exclusive lock, and SQLite reports a conflict with
+        # another connection doing the same at once as "locked" without calling the busy
+        # handler; so wait here, up to the busy timeout, as any other write would.
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     def _check_key_sync(self, conn: sqlite3.Connection) -> None:
         query = "SELECT value FROM meta WHERE key = 'key_check'"
