@@ -16,7 +16,10 @@ that runs workers (``serve``, ``worker``; never tests or the ``api`` role):
   collections (the clock does the regular ones) and full collections are rare;
 * freezes the heap (``gc.freeze()``: what is alive now is never walked again) once the pool has
   opened its devices, and again whenever the live sessions have grown by a large step since the
-  last freeze (start-up connects over seconds; a hand-over or a large reconcile adds devices).
+  last freeze (start-up connects over seconds; a hand-over or a large reconcile adds devices), or
+  as many sessions have gone live again since then (IMKIT dropped them all and they reconnected:
+  the count is back where it was, but every new connection is unfrozen, and full collections
+  walking them took ~1 s at 10,000 sessions).
 
 The cost: garbage in reference cycles among frozen objects (a device removed later, say) is not
 reclaimed by the collector; reference counting still frees everything else. ``BRIDGE_GC_FREEZE=
@@ -52,43 +55,56 @@ INTERVAL = 5.0
 
 
 class HeapFreezer:
-    """Freezes the heap after start-up and after each large growth of ``count()``; collects the
-    young generations on a clock (:meth:`watch`)."""
+    """Freezes the heap after start-up and after each large growth of ``count()`` or of
+    ``arrivals()``; collects the young generations on a clock (:meth:`watch`)."""
 
     def __init__(self, *, min_growth: int = MIN_GROWTH, ratio: float = GROWTH_RATIO) -> None:
         self._min_growth = min_growth
         self._ratio = ratio
         #: ``count()`` at the last freeze.
         self.frozen_at = 0
+        #: ``arrivals()`` at the last freeze.
+        self.arrivals_at = 0
         self.freezes = 0
         #: Young collections :meth:`watch` made on the clock.
         self.young_collections = 0
 
-    def freeze(self, count: int, why: str) -> None:
+    def freeze(self, count: int, why: str, arrivals: int | None = None) -> None:
         # The youngest garbage is collected first (cheap: at most one threshold's worth of
         # objects) so little of it is frozen with the live heap; a collection of generation 1
         # (up to 20 x 50,000 objects) would itself be a pause of hundreds of ms.
         gc.collect(0)
         gc.freeze()
         self.frozen_at = count
+        if arrivals is not None:
+            self.arrivals_at = arrivals
         self.freezes += 1
         # No gc.get_freeze_count() here: it counts the frozen objects one by one (~18 ms at
         # 1.5 million), and with freezes every 5 % of growth that was a stall of every session
         # each time. How often it froze says enough.
         log.info("heap frozen", extra={"why": why, "sessions": count, "freezes": self.freezes})
 
-    def maybe_freeze(self, count: int) -> bool:
-        """Freeze if ``count`` grew by a large step since the last freeze."""
-        if count < self.frozen_at + max(self._min_growth, int(self.frozen_at * self._ratio)):
-            return False
-        self.freeze(count, "sessions grew")
-        return True
+    def maybe_freeze(self, count: int, arrivals: int | None = None) -> bool:
+        """Freeze if ``count`` grew by a large step since the last freeze, or ``arrivals`` (a
+        running total of sessions gone live) did: reconnects make new objects, not more."""
+        step = max(self._min_growth, int(self.frozen_at * self._ratio))
+        if count >= self.frozen_at + step:
+            self.freeze(count, "sessions grew", arrivals)
+            return True
+        if arrivals is not None and arrivals >= self.arrivals_at + step:
+            self.freeze(count, "sessions reconnected", arrivals)
+            return True
+        return False
 
     async def watch(
-        self, count: Callable[[], int], interval: float = INTERVAL, young_every: float = YOUNG_EVERY
+        self,
+        count: Callable[[], int],
+        interval: float = INTERVAL,
+        young_every: float = YOUNG_EVERY,
+        arrivals: Callable[[], int] | None = None,
     ) -> None:
         """Collect the young generations every ``young_every`` seconds and look at ``count()``
-        every ``interval`` seconds, for ever (cancel to stop)."""
+        (and ``arrivals()``) every ``interval`` seconds, for ever (cancel to stop)."""
         ticks_per_look = max(1, round(interval / young_every))
         tick = 0
         while True:
@@ -98,7 +114,7 @@ class HeapFreezer:
                 gc.collect(1 if tick % MIDDLE_EVERY == 0 else 0)
                 self.young_collections += 1
                 if tick % ticks_per_look == 0:
-                    self.maybe_freeze(count())
+                    self.maybe_freeze(count(), None if arrivals is None else arrivals())
             except Exception:  # a tuning aid must never take the worker down
                 log.exception("gc pacing failed")
 

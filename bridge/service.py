@@ -257,12 +257,17 @@ class Bridge:
                 pool = self.pool
                 # The devices are opened: freeze them, and again as their sessions connect; collect
                 # the young generations on a clock from now on (see bridge.gc_tuning).
-                freezer.freeze(pool.device_count, "pool started")
+                freezer.freeze(pool.device_count, "pool started", pool.went_live)
 
                 def live() -> int:
                     return pool.device_count + pool.session_counts()["live"]
 
-                self._gc_task = asyncio.create_task(freezer.watch(live), name="gc-pacing")
+                def arrivals() -> int:
+                    return pool.went_live
+
+                self._gc_task = asyncio.create_task(
+                    freezer.watch(live, arrivals=arrivals), name="gc-pacing"
+                )
         if self.coordinator is not None:
             self._coordinator_task = asyncio.create_task(self.coordinator.run(), name="shard-coordinator")
         self.started = True

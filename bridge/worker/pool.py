@@ -87,6 +87,8 @@ class WorkerPool:
         self._runtimes: dict[str, DeviceRuntime] = {}
         self._locks: dict[str, list[Any]] = {}  # device id -> [lock, users]
         self._state_counts: dict[SessionState, int] = dict.fromkeys(SessionState, 0)
+        #: Sessions that went live since start, reconnects included (for the heap freezer).
+        self.went_live = 0
         self._session_states: dict[UpstreamSession, SessionState] = {}
         self._platform_counts: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -500,6 +502,8 @@ class WorkerPool:
             attempt += 1
 
     def _set_state_count(self, state: SessionState, delta: int) -> None:
+        if state is SessionState.LIVE and delta > 0:
+            self.went_live += 1
         n = max(0, self._state_counts[state] + delta)
         self._state_counts[state] = n
         self._metrics.sessions.labels(state.value).set(n)

@@ -128,9 +128,15 @@ async def test_reconnect_storm_respects_the_connect_rate(stack: Stack) -> None:
         async with stack.bridge.client(im.issue_token(u)) as c:
             await c.post("/me/subscribe", json={"type": "fcm", "token": f"tok-{u}", "deviceId": f"d-{u}"})
     await wait_for(lambda: im.live_sockets() == len(users), 20, message="all live")
+    pool = stack.bridge.bridge.pool
+    assert pool is not None
+    await wait_for(lambda: pool.session_counts()["live"] == len(users), 10, message="pool live")
+    went_live = pool.went_live
     im.connect_times.clear()
     await im.drop_all_sockets()
     await wait_for(lambda: im.live_sockets() == len(users), 20, message="all live again")
+    # Every reconnect counts as a session gone live (the heap freezer follows this).
+    await wait_for(lambda: pool.went_live >= went_live + len(users), 10, message="counted")
     # BRIDGE_CONNECT_RATE=50/s with a burst of 10 (see stack_options of this test): the bridge's
     # token bucket grants at most burst + rate x 1 s in any 1-second window (+1: the window is
     # closed). IMKIT sees each grant a little later, after the handshake, and a busy loop delays

@@ -49,6 +49,20 @@ def test_freezes_after_start_up_then_only_after_large_growth() -> None:
     assert f.freezes == 3 and f.frozen_at == 10_000
 
 
+def test_freezes_again_after_as_many_sessions_reconnected() -> None:
+    # IMKIT dropped every session and they came back: the count is where it was, but each new
+    # connection is a new set of objects the full collections would walk.
+    f = HeapFreezer(min_growth=1_000, ratio=0.25)
+    f.freeze(8_000, "pool started", arrivals=8_000)
+    assert not f.maybe_freeze(8_000, arrivals=9_999)  # 25% of 8,000 is 2,000
+    assert f.maybe_freeze(8_000, arrivals=10_000)
+    assert f.frozen_at == 8_000 and f.arrivals_at == 10_000
+    assert not f.maybe_freeze(8_000, arrivals=11_000)
+    assert f.maybe_freeze(10_000, arrivals=11_000)  # growth: the arrivals' mark moves too
+    assert not f.maybe_freeze(10_000, arrivals=13_000)  # 25% of 10,000 is 2,500
+    assert f.freezes == 3 and f.arrivals_at == 11_000
+
+
 async def test_watch_collects_the_young_generations_on_a_clock_and_freezes_on_growth() -> None:
     f = HeapFreezer(min_growth=10, ratio=0.25)
     f.freeze(10, "pool started")
@@ -64,6 +78,25 @@ async def test_watch_collects_the_young_generations_on_a_clock_and_freezes_on_gr
         # of generation 1 is counted there, not in generation 0's figure).
         assert after[1] - before[1] >= 2
         assert (after[0] - before[0]) + (after[1] - before[1]) >= f.young_collections
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_watch_freezes_after_reconnects_at_a_steady_count() -> None:
+    f = HeapFreezer(min_growth=10, ratio=0.25)
+    f.freeze(100, "pool started", arrivals=100)
+    went_live = 100
+    task = asyncio.create_task(
+        f.watch(lambda: 100, interval=0.02, young_every=0.01, arrivals=lambda: went_live)
+    )
+    try:
+        await wait_for(lambda: f.young_collections >= 4)
+        assert f.freezes == 1  # nothing reconnected: no freeze
+        went_live = 130
+        await wait_for(lambda: f.freezes == 2)
+        assert f.frozen_at == 100 and f.arrivals_at == 130
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
