@@ -1,33 +1,40 @@
-"""FCM provider: firebase-admin's ``send_each_async``, micro-batched, with the OAuth refresh off the loop.
+"""FCM provider: firebase-admin for credentials, message encoding and error parsing; the v1
+``messages:send`` requests go out on a pool of kept-alive aiohttp connections.
 
-firebase-admin is used for what it does well (message encoding, the v1 call, error parsing), and
-its HTTP client on *our* named app is configured here, because out of the box it:
+firebase-admin is used for what it does well (the service-account credential, ``encode_message``,
+turning FCM's error answers into its error classes). Its send path is not used, because:
 
-- refreshes the OAuth token synchronously inside the event loop (``before_request`` and on 401):
-  we refresh with ``asyncio.to_thread`` before the token gets stale and send with an httpx auth
-  that only applies the current token and never refreshes;
-- retries 500/503 with sleeps of its own while ignoring 429 and ``Retry-After``, and fails a
-  dropped HTTP/2 connection as ``UnknownError``: our client has no retries, and every temporary
-  failure comes back as :class:`Retry` (with ``Retry-After`` as ``not_before``) so the dispatcher's
-  one retry policy decides;
-- knows only Google's URL and the system CAs: ``BRIDGE_FCM_URL`` and ``BRIDGE_FCM_CA_FILE`` set the
-  messaging service's URL and our client's ``verify`` (never ``SSL_CERT_FILE``, which is global).
+- ``send_each_async`` goes through httpx on HTTP/2 (httpcore, anyio's TLS in Python): about
+  1.6 ms of CPU per push here, three times the ~0.5 ms of an aiohttp request on a kept-alive
+  HTTP/1.1 connection (docs/benchmarks.md, "FCM requests on aiohttp"); with half the devices on
+  FCM that was the difference between fitting in a core and not;
+- it refreshes the OAuth token synchronously inside the event loop (``before_request`` and on a
+  401): we refresh with ``asyncio.to_thread`` before the token gets stale;
+- it retries 500/503 with sleeps of its own while ignoring 429 and ``Retry-After``: we make one
+  request per push, and every temporary failure comes back as :class:`Retry` (with
+  ``Retry-After`` as ``not_before``) so the dispatcher's one retry policy decides;
+- it knows only Google's URL and the system CAs: ``BRIDGE_FCM_URL`` and ``BRIDGE_FCM_CA_FILE``
+  set the messaging service's URL and the CA our connections trust (never ``SSL_CERT_FILE``).
+
+As Sygnal's FCM pushkin does, requests use HTTP/1.1 with a bounded pool of connections
+(:data:`MAX_CONNECTIONS`; a request waits for a free one within its timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import math
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import aiohttp
 import firebase_admin
 import google.auth.exceptions
 import httpx
@@ -44,8 +51,9 @@ from bridge.push.provider import Delivered, Failed, Retry, SendResult, TokenInva
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-#: ``send_each_async`` takes at most this many messages per call.
-MAX_BATCH = 500
+#: Connections kept to FCM at most; a request waits for a free one (within its timeout). Each
+#: carries one request at a time: 100 hold ~2,000 pushes/s at 50 ms per request.
+MAX_CONNECTIONS = 100
 #: Refresh the access token when it has less than this left; google-auth itself would refresh
 #: (synchronously, on the loop) under 3 min 45 s, so this must stay above that.
 REFRESH_MARGIN = 300.0
@@ -176,17 +184,6 @@ def _part(cls: Callable[..., _T], fields: Mapping[str, Any] | None) -> _T | None
 # ---------------------------------------------------------------------- HTTP plumbing
 
 
-class _BearerAuth(httpx.Auth):
-    """Applies the current access token; refreshing is the provider's job, never this flow's."""
-
-    def __init__(self, credential: Any) -> None:
-        self._credential = credential
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self._credential.token}"
-        yield request
-
-
 def _origin(url: str) -> tuple[str, str, int | None]:
     u = httpx.URL(url)
     return u.scheme, u.host, u.port
@@ -216,15 +213,18 @@ class _TokenRequest:
         return self._inner(url, *args, **kwargs)
 
 
-@dataclass(slots=True)
-class _Pending:
-    message: messaging.Message
-    token: str
-    future: asyncio.Future[SendResult]
+def _status_error(url: str, status: int, headers: Any, content: bytes) -> httpx.HTTPStatusError:
+    """FCM's error answer in the shape firebase-admin parses (only on the error path)."""
+    request = httpx.Request("POST", url)
+    response = httpx.Response(
+        status, headers=list(headers.items()), content=content, request=request
+    )
+    return httpx.HTTPStatusError(f"HTTP {status}", request=request, response=response)
 
 
 class FcmProvider:
-    """Sends through FCM HTTP v1; concurrent sends share ``send_each_async`` calls (≤ 500 each).
+    """Sends through FCM HTTP v1: one ``messages:send`` request per push, on kept-alive
+    connections (at most ``max_connections``).
 
     Each instance registers its own firebase-admin app (a unique name in the library's global
     registry) and deletes it in :meth:`close`.
@@ -239,18 +239,16 @@ class FcmProvider:
         fcm_url: str | None = None,
         ca_file: str | None = None,
         timeout: float = 10.0,
-        batch_delay: float = 0.002,
-        max_batch: int = MAX_BATCH,
+        max_connections: int = MAX_CONNECTIONS,
         refresh_margin: float = REFRESH_MARGIN,
         config_log_interval: float = CONFIG_LOG_INTERVAL,
     ) -> None:
-        if not 1 <= max_batch <= MAX_BATCH:
-            raise ValueError(f"max_batch must be within 1..{MAX_BATCH}")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         cert = credentials.Certificate(str(credentials_file))
         self.project_id: str = cert.project_id
         self._timeout = timeout
-        self._batch_delay = batch_delay
-        self._max_batch = max_batch
+        self._max_connections = max_connections
         self._refresh_margin = max(refresh_margin, REFRESH_MARGIN)
         self._config_errors = ConfigErrors(logger, config_log_interval)
         self._credential = cert.get_credential()
@@ -258,7 +256,7 @@ class FcmProvider:
         self._token_request = _TokenRequest(
             self._session, timeout, ca_file, fcm_url or "https://fcm.googleapis.com"
         )
-        verify: ssl.SSLContext | bool = (
+        self._ssl: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=ca_file) if ca_file else True
         )
         self._app = firebase_admin.initialize_app(
@@ -269,36 +267,34 @@ class FcmProvider:
         self._service = messaging._get_messaging_service(self._app)
         lib_client = getattr(self._service, "_async_client", None)
         self._lib_http = getattr(lib_client, "_async_client", None)
-        if not isinstance(self._lib_http, httpx.AsyncClient) or not hasattr(
-            self._service, "_fcm_url"
+        lib_headers = getattr(self._service, "_fcm_headers", None)
+        if (
+            not isinstance(self._lib_http, httpx.AsyncClient)
+            or not isinstance(lib_headers, dict)
+            or not hasattr(self._service, "_handle_fcm_httpx_error")
         ):
             raise RuntimeError(
                 f"firebase_admin {firebase_admin.__version__}: unknown messaging internals, cannot "
-                "configure its HTTP client"
+                "send through it"
             )
-        self._http = httpx.AsyncClient(
-            http2=True,
-            verify=verify,
-            timeout=timeout,
-            auth=_BearerAuth(self._credential),
-            headers={
-                k: v for k, v in self._lib_http.headers.items() if k.lower().startswith("x-goog")
-            },
-        )
-        # Our own app's service object: swap in a client with our CA, no retries, non-refreshing auth.
-        lib_client._async_client = self._http  # type: ignore[union-attr]  # checked above
-        if fcm_url:
-            self._service._fcm_url = send_url(fcm_url, self.project_id)
-        self._pending: list[_Pending] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._url = send_url(fcm_url or "https://fcm.googleapis.com", self.project_id)
+        #: The library's own headers (API format version, client name), ours, and the bearer
+        #: token: rebuilt only when the token changes.
+        self._base_headers = {
+            **lib_headers,
+            "Content-Type": "application/json; charset=UTF-8",
+        }
+        self._headers: dict[str, str] = {}
+        self._headers_token: str | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._refresh_lock = asyncio.Lock()
         self._refresh_task: asyncio.Task[None] | None = None
         self._token_generation = 0
         self._stale = False
         self._closed = False
-        #: ``send_each_async`` calls made, and OAuth token refreshes done (both for tests/bench).
-        self.batches_sent = 0
+        #: Requests made, and OAuth token refreshes done (both for tests/bench).
+        self.requests_sent = 0
         self.token_refreshes = 0
 
     @classmethod
@@ -321,70 +317,63 @@ class FcmProvider:
     # ------------------------------------------------------------------ sending
 
     async def send(self, notification: Notification) -> SendResult:
-        """Send one notification (joining the current micro-batch) and map FCM's answer."""
+        """Send one notification and map FCM's answer."""
         if notification.fcm is None:
             return Failed("no FCM payload composed")
         if self._closed:
             return Retry("provider_closed")
         token = notification.token
         try:
-            message = build_message(token, notification.fcm)
-            # Validate now: an invalid message would fail the whole batch in send_each_async.
-            self._service.encode_message(message)
+            message = {
+                "message": self._service.encode_message(build_message(token, notification.fcm))
+            }
+            body = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except (ValueError, TypeError) as exc:
             return Failed(_clean(f"invalid message: {exc}", token))
-        loop = asyncio.get_running_loop()
-        pending = _Pending(message, token, loop.create_future())
-        self._pending.append(pending)
-        if len(self._pending) >= self._max_batch:
-            self._flush()
-        elif self._flush_handle is None:
-            self._flush_handle = loop.call_later(self._batch_delay, self._flush)
-        return await pending.future
-
-    def _flush(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        while self._pending:
-            batch = [p for p in self._pending[: self._max_batch] if not p.future.done()]
-            del self._pending[: self._max_batch]
-            if batch:
-                task = asyncio.get_running_loop().create_task(self._send_batch(batch))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-    async def _send_batch(self, batch: list[_Pending]) -> None:
-        self.batches_sent += 1
-        results: list[SendResult]
         try:
             # A token refresh and one request, each bounded by the timeout; this is a safety net.
             async with asyncio.timeout(2 * self._timeout + 1):
                 await self._ensure_token()
-                response = await messaging.send_each_async(
-                    [p.message for p in batch], app=self._app
-                )
-            results = [
-                Delivered(r.message_id) if r.success else self._result(r.exception, p.token)
-                for r, p in zip(response.responses, batch, strict=True)
-            ]
+                return await self._post(body.encode(), token)
         except TimeoutError:
-            results = [Retry("timeout")] * len(batch)
+            return Retry("provider_closed" if self._closed else "timeout")
         except google.auth.exceptions.GoogleAuthError as exc:
             logger.warning("FCM OAuth token refresh failed: %s: %s", type(exc).__name__, exc)
-            results = [Retry("oauth_refresh_failed")] * len(batch)
-        except asyncio.CancelledError:
-            self._settle(batch, [Retry("provider_closed")] * len(batch))
-            raise
-        except Exception as exc:  # noqa: BLE001 - send_each_async wraps transport trouble; map, never raise
-            results = [self._result(exc, p.token) for p in batch]
-        self._settle(batch, results)
+            return Retry("oauth_refresh_failed")
+        except aiohttp.ClientConnectorError:
+            return Retry("provider_closed" if self._closed else "unavailable")
+        except (aiohttp.ClientError, OSError):
+            # A dropped connection (before or after the request went out) or a closed pool.
+            return Retry("provider_closed" if self._closed else "unknown")
 
-    @staticmethod
-    def _settle(batch: list[_Pending], results: list[SendResult]) -> None:
-        for p, r in zip(batch, results, strict=True):
-            if not p.future.done():
-                p.future.set_result(r)
+    async def _post(self, body: bytes, token: str) -> SendResult:
+        http = self._http
+        if http is None:
+            # Made on first use: an aiohttp session belongs to the running loop.
+            http = self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+            )
+        self.requests_sent += 1
+        async with http.post(self._url, data=body, headers=self._auth_headers()) as response:
+            content = await response.read()
+            if response.status == 200:
+                try:
+                    name = json.loads(content).get("name")
+                except (ValueError, AttributeError):
+                    name = None
+                if isinstance(name, str):
+                    return Delivered(name)
+                return Failed("FCM answered 200 without a message name")
+            error = _status_error(self._url, response.status, response.headers, content)
+        return self._result(self._service._handle_fcm_httpx_error(error), token)
+
+    def _auth_headers(self) -> dict[str, str]:
+        token = self._credential.token
+        if token != self._headers_token:
+            self._headers = {**self._base_headers, "Authorization": f"Bearer {token}"}
+            self._headers_token = token
+        return self._headers
 
     def _result(self, exc: BaseException | None, token: str) -> SendResult:
         if exc is None:
@@ -392,7 +381,7 @@ class FcmProvider:
         if isinstance(exc, fb.UnauthenticatedError) and not isinstance(
             exc, messaging.ThirdPartyAuthError
         ):
-            # FCM refused our access token: fetch a new one before the next batch.
+            # FCM refused our access token: fetch a new one before the next request.
             self._stale = True
         result = result_for_error(exc, token)
         reason = result.reason.split(":")[0] if isinstance(result, Failed) else ""
@@ -449,20 +438,17 @@ class FcmProvider:
     # ------------------------------------------------------------------ shutdown
 
     async def close(self) -> None:
-        """Answer queued sends with Retry, stop in-flight batches, delete our firebase-admin app."""
+        """Close the connections (sends in flight answer ``Retry("provider_closed")``), stop a
+        background token refresh, delete our firebase-admin app."""
         if self._closed:
             return
         self._closed = True
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        self._settle(self._pending, [Retry("provider_closed")] * len(self._pending))
-        self._pending.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
         assert self._lib_http is not None
         await self._lib_http.aclose()
         # delete_app closes the service with asyncio.run(): it needs a thread without a loop.
