@@ -50,10 +50,8 @@ MIN_GROWTH = 250
 #: walks it: with 25 % steps, 2,000+ unfrozen sessions at 10,000 made 122 ms pauses. A freeze
 #: itself costs a young collection.
 GROWTH_RATIO = 0.05
-#: Seconds between looks at the session counts (for a freeze). Short, because during a reconnect
-#: storm (10,000 sessions in ~40 s) what is not frozen yet is what the next full collection walks:
-#: with 5 s, pauses of 119-182 ms at 10,000 (docs/benchmarks.md). A look is two counters.
-INTERVAL = 1.0
+#: Seconds between looks at the session count (for a freeze).
+INTERVAL = 5.0
 
 
 class HeapFreezer:
