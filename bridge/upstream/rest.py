@@ -1,6 +1,7 @@
 """The bridge's IMKIT REST client: verify a token (``/me``), badge counts and backfill reads.
 
-One instance per process, sharing one ``httpx.AsyncClient``. Every call sends the client's token
+One instance per process, sharing one ``aiohttp.ClientSession`` (kept-alive connections; about a
+third of httpx's CPU per call, see docs/benchmarks.md). Every call sends the client's token
 as ``IM-Authorization`` (and ``IM-CLIENT-KEY`` when configured) and unwraps IMKIT's envelope
 ``{RC, RM, result}``. Failures come out as two exceptions the callers act on: :class:`InvalidToken`
 (ask the app for a new token) and :class:`UpstreamUnavailable` (try again later). Tokens never
@@ -10,19 +11,20 @@ appear in log lines or exception messages.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 
 logger = logging.getLogger(__name__)
 
-#: Requests in flight to IMKIT at once; the rest wait here, in a FIFO semaphore. httpcore's pool
-#: rescans every queued request against every connection each time one starts or ends, so letting
-#: thousands of after-connect refreshes queue inside it (10,000 sessions going live) made that scan
-#: quadratic: 30 % of the process's CPU in the 10,000-session benchmark (docs/benchmarks.md).
+#: Requests in flight to IMKIT at once; the rest wait here, in a FIFO semaphore, so a mass
+#: reconnect's thousands of refreshes never queue inside the HTTP client's pool (httpcore's, which
+#: this client used before, rescanned its queue quadratically: 30 % of the process's CPU in the
+#: 10,000-session benchmark, docs/benchmarks.md) and the wait for a slot is not timed.
 MAX_IN_FLIGHT = 32
 
 
@@ -69,29 +71,39 @@ class ImkitRest:
         *,
         client_key: str | None,
         timeout: float = 10.0,
-        client: httpx.AsyncClient | None = None,
+        client: aiohttp.ClientSession | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._base_url = base_url.rstrip("/")
         self._client_key = client_key
-        self._timeout = httpx.Timeout(timeout)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._owns_client = client is None
-        # Every request slot gets a kept-alive connection: no connect per call under load.
-        limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
-        self._client = (
-            client if client is not None else httpx.AsyncClient(timeout=self._timeout, limits=limits)
-        )
+        self._client = client
+        self._max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"ImkitRest({self._base_url!r})"
 
     async def aclose(self) -> None:
         """Close the HTTP client if this instance created it."""
-        if self._owns_client:
-            await self._client.aclose()
+        self._closed = True
+        if self._owns_client and self._client is not None:
+            await self._client.close()
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise UpstreamUnavailable("the IMKIT client is closed")
+        if self._client is None:
+            # Made on first use: an aiohttp session belongs to the running loop. Every request
+            # slot gets a kept-alive connection: no connect per call under load.
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_in_flight)
+            )
+        return self._client
 
     async def me(self, token: str) -> Me:
         """The token's user (``GET /me``): verifies the token and learns the client id."""
@@ -196,24 +208,27 @@ class ImkitRest:
         try:
             # The timeout covers the request, not the wait for a slot: a long queue after a mass
             # reconnect is not IMKIT being down.
-            async with self._slots:
-                resp = await self._client.get(
+            async with (
+                self._slots,
+                self._session().get(
                     self._base_url + path, params=params, headers=headers, timeout=self._timeout
-                )
-        except httpx.TimeoutException:
+                ) as resp,
+            ):
+                status = resp.status
+                content = await resp.read()
+        except TimeoutError:
             logger.warning("IMKIT %s timed out", path)
             raise UpstreamUnavailable(f"{what}: timed out") from None
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             logger.warning("IMKIT %s failed: %s", path, type(exc).__name__)
             raise UpstreamUnavailable(f"{what}: {type(exc).__name__}") from None
-        status = resp.status_code
         if status == 401:
             raise InvalidToken(f"{what}: 401")
         if status >= 500 or status == 429:
             logger.warning("IMKIT %s answered HTTP %d", path, status)
             raise UpstreamUnavailable(f"{what}: HTTP {status}")
         try:
-            body = resp.json()
+            body = json.loads(content)
         except ValueError:
             body = None
         if not isinstance(body, dict):

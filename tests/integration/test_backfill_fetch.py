@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import pytest
 
 from bridge.sim.imkit import ImkitSim
@@ -173,19 +173,20 @@ async def test_rooms_are_fetched_with_bounded_concurrency(imkit_sim: ImkitSim) -
     in_flight = 0
     peak = 0
 
-    async def on_request(request: httpx.Request) -> None:
+    async def on_request(*_: object) -> None:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
 
-    async def on_response(response: httpx.Response) -> None:
+    async def on_response(*_: object) -> None:
         nonlocal in_flight
         in_flight -= 1
 
     imkit_sim.rest_delay = 0.05  # long enough for requests to overlap
-    async with httpx.AsyncClient(
-        event_hooks={"request": [on_request], "response": [on_response]}
-    ) as http:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request)
+    trace.on_request_end.append(on_response)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as http:
         rest = ImkitRest(imkit_sim.url, client_key=None, client=http)
         missed = await fetch_missed(rest, imkit_sim.issue_token("alice"), since_ms=0, anchors={})
     assert len(missed.rooms) == 10

@@ -7,7 +7,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -224,16 +224,16 @@ async def test_token_never_in_errors_or_logs(
         assert secret not in repr(rest)
         for exc in errors:
             assert secret not in str(exc) and secret not in repr(exc)
-            assert exc.__cause__ is None  # httpx's exception (holding the request) is not chained
+            assert exc.__cause__ is None  # the client's exception (holding the request) is not chained
 
 
 async def test_injected_client_is_used_and_left_open(imkit_sim: ImkitSim) -> None:
     imkit_sim.create_user("alice")
-    async with httpx.AsyncClient() as http:
+    async with aiohttp.ClientSession() as http:
         rest = ImkitRest(imkit_sim.url + "/", client_key=None, client=http)
         assert (await rest.me(imkit_sim.issue_token("alice"))).client_id == "alice"
         await rest.aclose()
-        assert not http.is_closed
+        assert not http.closed
 
 
 async def test_recent_messages_newest_kept_oldest_first(
@@ -304,10 +304,10 @@ class _HoldingServer:
 
 
 async def test_requests_in_flight_are_bounded() -> None:
-    # A mass reconnect must queue in the client, not inside httpcore's pool (quadratic there).
+    # A mass reconnect must queue in the client, not inside the HTTP client's pool.
     server = _HoldingServer(hold=None)
-    # An injected client with httpx's default pool (100 connections): only our bound holds.
-    async with server as url, httpx.AsyncClient() as http:
+    # An injected client with aiohttp's default pool (100 connections): only our bound holds.
+    async with server as url, aiohttp.ClientSession() as http:
         rest = ImkitRest(url, client_key=None, max_in_flight=3, client=http)
         try:
             calls = [asyncio.ensure_future(rest.badge("t")) for _ in range(10)]
