@@ -53,8 +53,6 @@ GROWTH_RATIO = 0.05
 #: Sessions gone live since the last middle tick (one second) that make it a connect storm: the
 #: middle collection is replaced by a freeze.
 STORM_ARRIVALS = 50
-#: The middle generation's threshold during a storm: young collections before a middle one.
-STORM_MIDDLE_THRESHOLD = 1_000
 #: Seconds between looks at the session count (for a freeze).
 INTERVAL = 5.0
 
@@ -75,7 +73,6 @@ class HeapFreezer:
         #: with a freeze while sessions were connecting.
         self.young_collections = 0
         self.storm_freezes = 0
-        self._saved_thresholds: tuple[int, int, int] | None = None
 
     def freeze(
         self, count: int, why: str, arrivals: int | None = None, *, quiet: bool = False
@@ -110,18 +107,6 @@ class HeapFreezer:
             return True
         return False
 
-    def _storm_thresholds(self, storm: bool) -> None:
-        """During a connect storm, no middle collections on allocation counts either (they came
-        every few hundred ms, 40-125 ms each, all finding nothing); the storm's freezes take
-        their place. Restored when the storm is over."""
-        if storm and self._saved_thresholds is None:
-            self._saved_thresholds = gc.get_threshold()
-            young, _, old = self._saved_thresholds
-            gc.set_threshold(young, STORM_MIDDLE_THRESHOLD, old)
-        elif not storm and self._saved_thresholds is not None:
-            gc.set_threshold(*self._saved_thresholds)
-            self._saved_thresholds = None
-
     async def watch(
         self,
         count: Callable[[], int],
@@ -134,32 +119,28 @@ class HeapFreezer:
         ticks_per_look = max(1, round(interval / young_every))
         tick = 0
         last_arrivals = None if arrivals is None else arrivals()
-        try:
-            while True:
-                await asyncio.sleep(young_every)
-                tick += 1
-                try:
-                    if tick % MIDDLE_EVERY == 0 and arrivals is not None:
-                        now = arrivals()
-                        storm = now - (last_arrivals or 0) >= STORM_ARRIVALS
-                        last_arrivals = now
-                        self._storm_thresholds(storm)
-                        if storm:
-                            # Sessions are connecting by the hundred (start-up, an IMKIT drop): the
-                            # middle generation is their new objects, alive (its collections there
-                            # found nothing to free and took 50-150 ms at 10,000 sessions). Freeze
-                            # it instead of walking it.
-                            self.freeze(count(), "sessions connecting", now, quiet=True)
-                            self.storm_freezes += 1
-                            continue
-                    gc.collect(1 if tick % MIDDLE_EVERY == 0 else 0)
-                    self.young_collections += 1
-                    if tick % ticks_per_look == 0:
-                        self.maybe_freeze(count(), None if arrivals is None else arrivals())
-                except Exception:  # a tuning aid must never take the worker down
-                    log.exception("gc pacing failed")
-        finally:
-            self._storm_thresholds(False)  # never leave a storm's thresholds behind
+        while True:
+            await asyncio.sleep(young_every)
+            tick += 1
+            try:
+                if tick % MIDDLE_EVERY == 0 and arrivals is not None:
+                    now = arrivals()
+                    storm = now - (last_arrivals or 0) >= STORM_ARRIVALS
+                    last_arrivals = now
+                    if storm:
+                        # Sessions are connecting by the hundred (start-up, an IMKIT drop): the
+                        # middle generation is their new objects, alive (its collections there
+                        # found nothing to free and took 50-150 ms at 10,000 sessions). Freeze
+                        # it instead of walking it.
+                        self.freeze(count(), "sessions connecting", now, quiet=True)
+                        self.storm_freezes += 1
+                        continue
+                gc.collect(1 if tick % MIDDLE_EVERY == 0 else 0)
+                self.young_collections += 1
+                if tick % ticks_per_look == 0:
+                    self.maybe_freeze(count(), None if arrivals is None else arrivals())
+            except Exception:  # a tuning aid must never take the worker down
+                log.exception("gc pacing failed")
 
 
 _freezer: HeapFreezer | None = None

@@ -113,23 +113,16 @@ async def test_watch_freezes_instead_of_a_middle_collection_while_sessions_conne
     try:
         await wait_for(lambda: f.young_collections >= 2 * gc_tuning.MIDDLE_EVERY)
         assert f.storm_freezes == 0  # nobody connecting: middle collections as usual
-        thresholds = gc.get_threshold()
         went_live = 10 * gc_tuning.STORM_ARRIVALS  # a storm: one middle tick sees it
         await wait_for(lambda: f.storm_freezes == 1)
         assert f.freezes == 2 and f.arrivals_at == went_live
-        # ... and no middle collections on allocation counts while it lasts.
-        assert gc.get_threshold()[1] == gc_tuning.STORM_MIDDLE_THRESHOLD
         quiet_from = f.young_collections
         await wait_for(lambda: f.young_collections >= quiet_from + 2 * gc_tuning.MIDDLE_EVERY)
         assert f.storm_freezes == 1  # the storm is over
-        assert gc.get_threshold() == thresholds
         went_live += gc_tuning.STORM_ARRIVALS - 1  # a few reconnects are not a storm
         await wait_for(lambda: f.young_collections >= quiet_from + 4 * gc_tuning.MIDDLE_EVERY)
         assert f.storm_freezes == 1
-        went_live += 10 * gc_tuning.STORM_ARRIVALS  # cancelled during a storm: thresholds restored
-        await wait_for(lambda: f.storm_freezes == 2)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert gc.get_threshold() == thresholds
