@@ -50,9 +50,6 @@ MIN_GROWTH = 250
 #: walks it: with 25 % steps, 2,000+ unfrozen sessions at 10,000 made 122 ms pauses. A freeze
 #: itself costs a young collection.
 GROWTH_RATIO = 0.05
-#: Sessions gone live since the last middle tick (one second) that make it a connect storm: the
-#: middle collection is replaced by a freeze.
-STORM_ARRIVALS = 50
 #: Seconds between looks at the session count (for a freeze).
 INTERVAL = 5.0
 
@@ -69,14 +66,10 @@ class HeapFreezer:
         #: ``arrivals()`` at the last freeze.
         self.arrivals_at = 0
         self.freezes = 0
-        #: Young collections :meth:`watch` made on the clock, and the middle ones it replaced
-        #: with a freeze while sessions were connecting.
+        #: Young collections :meth:`watch` made on the clock.
         self.young_collections = 0
-        self.storm_freezes = 0
 
-    def freeze(
-        self, count: int, why: str, arrivals: int | None = None, *, quiet: bool = False
-    ) -> None:
+    def freeze(self, count: int, why: str, arrivals: int | None = None) -> None:
         # The youngest garbage is collected first (cheap: at most one threshold's worth of
         # objects) so little of it is frozen with the live heap; a collection of generation 1
         # (up to 20 x 50,000 objects) would itself be a pause of hundreds of ms.
@@ -89,11 +82,7 @@ class HeapFreezer:
         # No gc.get_freeze_count() here: it counts the frozen objects one by one (~18 ms at
         # 1.5 million), and with freezes every 5 % of growth that was a stall of every session
         # each time. How often it froze says enough.
-        log.log(
-            logging.DEBUG if quiet else logging.INFO,
-            "heap frozen",
-            extra={"why": why, "sessions": count, "freezes": self.freezes},
-        )
+        log.info("heap frozen", extra={"why": why, "sessions": count, "freezes": self.freezes})
 
     def maybe_freeze(self, count: int, arrivals: int | None = None) -> bool:
         """Freeze if ``count`` grew by a large step since the last freeze, or ``arrivals`` (a
@@ -118,23 +107,10 @@ class HeapFreezer:
         (and ``arrivals()``) every ``interval`` seconds, for ever (cancel to stop)."""
         ticks_per_look = max(1, round(interval / young_every))
         tick = 0
-        last_arrivals = None if arrivals is None else arrivals()
         while True:
             await asyncio.sleep(young_every)
             tick += 1
             try:
-                if tick % MIDDLE_EVERY == 0 and arrivals is not None:
-                    now = arrivals()
-                    storm = now - (last_arrivals or 0) >= STORM_ARRIVALS
-                    last_arrivals = now
-                    if storm:
-                        # Sessions are connecting by the hundred (start-up, an IMKIT drop): the
-                        # middle generation is their new objects, alive (its collections there
-                        # found nothing to free and took 50-150 ms at 10,000 sessions). Freeze
-                        # it instead of walking it.
-                        self.freeze(count(), "sessions connecting", now, quiet=True)
-                        self.storm_freezes += 1
-                        continue
                 gc.collect(1 if tick % MIDDLE_EVERY == 0 else 0)
                 self.young_collections += 1
                 if tick % ticks_per_look == 0:

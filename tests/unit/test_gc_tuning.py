@@ -101,28 +101,3 @@ async def test_watch_freezes_after_reconnects_at_a_steady_count() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def test_watch_freezes_instead_of_a_middle_collection_while_sessions_connect() -> None:
-    f = HeapFreezer(min_growth=10_000, ratio=0.25)  # no growth freezes: only the storm rule
-    f.freeze(100, "pool started", arrivals=0)
-    went_live = 0
-    task = asyncio.create_task(
-        f.watch(lambda: 100, interval=10.0, young_every=0.01, arrivals=lambda: went_live)
-    )
-    try:
-        await wait_for(lambda: f.young_collections >= 2 * gc_tuning.MIDDLE_EVERY)
-        assert f.storm_freezes == 0  # nobody connecting: middle collections as usual
-        went_live = 10 * gc_tuning.STORM_ARRIVALS  # a storm: one middle tick sees it
-        await wait_for(lambda: f.storm_freezes == 1)
-        assert f.freezes == 2 and f.arrivals_at == went_live
-        quiet_from = f.young_collections
-        await wait_for(lambda: f.young_collections >= quiet_from + 2 * gc_tuning.MIDDLE_EVERY)
-        assert f.storm_freezes == 1  # the storm is over
-        went_live += gc_tuning.STORM_ARRIVALS - 1  # a few reconnects are not a storm
-        await wait_for(lambda: f.young_collections >= quiet_from + 4 * gc_tuning.MIDDLE_EVERY)
-        assert f.storm_freezes == 1
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
