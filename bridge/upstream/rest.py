@@ -1,7 +1,7 @@
 """The bridge's IMKIT REST client: verify a token (``/me``), badge counts and backfill reads.
 
 One instance per process, sharing one ``aiohttp.ClientSession`` (kept-alive connections; about a
-third of httpx's CPU per call, see docs/benchmarks.md). Every call sends the client's token
+tenth of httpx's CPU per call, see docs/benchmarks.md). Every call sends the client's token
 as ``IM-Authorization`` (and ``IM-CLIENT-KEY`` when configured) and unwraps IMKIT's envelope
 ``{RC, RM, result}``. Failures come out as two exceptions the callers act on: :class:`InvalidToken`
 (ask the app for a new token) and :class:`UpstreamUnavailable` (try again later). Tokens never
