@@ -37,6 +37,19 @@ def test_on_raises_the_thresholds() -> None:
     assert gc.get_threshold() == gc_tuning.THRESHOLDS
 
 
+def test_allocation_bursts_collect_the_middle_generation_every_other_time() -> None:
+    # While sessions connect by the hundred nearly every object survives a young collection; a
+    # middle generation left to fill over ten of them took 20-146 ms to walk at 10,000 sessions.
+    gc_tuning.configure(Settings(gc_freeze=True))
+    before = [g["collections"] for g in gc.get_stats()]
+    survivors = [[i] for i in range(12 * gc_tuning.THRESHOLDS[0])]
+    after = [g["collections"] for g in gc.get_stats()]
+    young, middle = after[0] - before[0], after[1] - before[1]
+    assert middle >= 4
+    assert young <= middle + 1
+    assert len(survivors) == 12 * gc_tuning.THRESHOLDS[0]
+
+
 def test_freezes_after_start_up_then_only_after_large_growth() -> None:
     f = HeapFreezer(min_growth=1_000, ratio=0.25)
     f.freeze(2_000, "pool started")
@@ -71,13 +84,13 @@ async def test_watch_collects_the_young_generations_on_a_clock_and_freezes_on_gr
     task = asyncio.create_task(f.watch(lambda: sessions, interval=0.05, young_every=0.01))
     try:
         sessions = 100
-        await wait_for(lambda: f.young_collections >= 2 * gc_tuning.MIDDLE_EVERY and f.freezes >= 2)
+        await wait_for(lambda: f.young_collections >= 3 and f.freezes >= 2)
         assert f.frozen_at == 100
+        ticks = f.young_collections
         after = [g["collections"] for g in gc.get_stats()]
-        # Every tick collected generation 0, every MIDDLE_EVERY-th also generation 1 (a collection
-        # of generation 1 is counted there, not in generation 0's figure).
-        assert after[1] - before[1] >= 2
-        assert (after[0] - before[0]) + (after[1] - before[1]) >= f.young_collections
+        # Every tick collected generations 0 and 1 together (counted in generation 1's figure):
+        # the middle generation never holds more than one tick's survivors.
+        assert after[1] - before[1] >= ticks
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
