@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -36,15 +37,20 @@ class GcPauses:
     second in a busy worker, where a CPU-time clock (a system call here) cost ~3 µs a collection.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.longest = 0.0
+        self._clock = clock
         self._started = 0.0
+        self._counts: tuple[int, int, int] = (0, 0, 0)
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            # The counts say what started it: the young count over its threshold (allocations),
+            # or not (gc_tuning's clock, or an explicit gc.collect()).
+            self._counts = gc.get_count()
+            self._started = self._clock()
         elif self._started:
-            pause = time.perf_counter() - self._started
+            pause = self._clock() - self._started
             if pause > self.longest:
                 self.longest = pause
             if pause >= LONG_GC_PAUSE:
@@ -59,6 +65,7 @@ class GcPauses:
                         "pause_ms": round(pause * 1000, 1),
                         "generation": info.get("generation"),
                         "collected": info.get("collected"),
+                        "counts": list(self._counts),
                     },
                 )
 

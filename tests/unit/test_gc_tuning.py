@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from bridge import gc_tuning
 from bridge.config import Settings
 from bridge.gc_tuning import HeapFreezer
+from bridge.metrics import GcPauses
 from tests._poll import wait_for
 
 
@@ -114,3 +116,27 @@ async def test_watch_freezes_after_reconnects_at_a_steady_count() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def test_gc_pauses_keeps_the_longest_and_logs_a_long_one_with_what_started_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    pauses = GcPauses(clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="bridge.metrics")
+
+    pauses("start", {"generation": 0})
+    now[0] += 0.005
+    pauses("stop", {"generation": 0, "collected": 3})
+    assert pauses.longest == pytest.approx(0.005)
+    assert not [r for r in caplog.records if r.msg == "long gc pause"]
+
+    gc.collect()  # every count back to 0, so the logged counts are known
+    pauses("start", {"generation": 1})
+    now[0] += 0.030
+    pauses("stop", {"generation": 1, "collected": 0})
+    assert pauses.longest == pytest.approx(0.030)
+    (record,) = [r for r in caplog.records if r.msg == "long gc pause"]
+    assert record.__dict__["generation"] == 1 and record.__dict__["pause_ms"] == 30.0
+    # The collector's counts at its start tell an allocation-triggered collection from the clock's.
+    assert record.__dict__["counts"][1:] == [0, 0]
