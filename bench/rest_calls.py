@@ -18,12 +18,12 @@ import asyncio
 import logging
 import multiprocessing
 import resource
-import socket
 import time
 
 from aiohttp import web
 
-from bridge.upstream.rest import ImkitRest
+from bench.processes import free_port, wait_until
+from bridge.upstream.rest import ImkitRest, UpstreamUnavailable
 
 
 def _serve(port: int) -> None:
@@ -40,27 +40,20 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def measure(url: str, calls: int) -> tuple[float, float]:
     """``(CPU µs per call, calls per second)`` for ``calls`` badge calls started at once."""
     rest = ImkitRest(url, client_key="bench-key")
     logging.getLogger("bridge.upstream.rest").setLevel(logging.ERROR)  # refused while it starts
+
+    async def answers() -> bool:  # the server is up when a call succeeds
+        try:
+            await rest.badge("warm")
+        except UpstreamUnavailable:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + 10
-        while True:  # the server is up when a call succeeds
-            try:
-                await rest.badge("warm")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+        await wait_until(answers, 10, "the badge server", interval=0.05)
         await asyncio.gather(*(rest.badge("warm") for _ in range(200)))
         cpu0, t0 = _cpu(), time.monotonic()
         badges = await asyncio.gather(*(rest.badge(f"token-{i}") for i in range(calls)))
@@ -78,7 +71,7 @@ def main() -> None:
     )
     parser.add_argument("--calls", type=int, default=20_000)
     args = parser.parse_args()
-    port = _free_port()
+    port = free_port()
     server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
     server.start()
     try:
